@@ -1,0 +1,170 @@
+"""Saving and loading weights: safetensors only, config in the file's metadata.
+
+Shipped weight sets live in ``hbpn/weights/NAME.safetensors`` inside the
+package, so loading them needs no network. Nothing here unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor
+
+from .config import HBPNConfig
+from .errors import WeightsError
+from .fileio import atomic_path
+from .model import HBPN
+
+FORMAT = "hbpn"
+#: Shipped weight sets and what they are for.
+SHIPPED: dict[str, str] = {
+    "default": "blind bicubic SR, scales 2-8 (trained on T91 + BSD200)",
+    "real": "same-size real camera photos (NTIRE 2019 Real SR setting), fine-tuned on City100",
+}
+
+
+def shipped_path(name: str) -> Path | None:
+    """Path of a shipped weight set, or None when this install has none by that name."""
+    ref = resources.files("hbpn") / "weights" / f"{name}.safetensors"
+    try:
+        with resources.as_file(ref) as p:
+            return Path(p) if Path(p).is_file() else None
+    except FileNotFoundError:
+        return None
+
+
+def save_weights(
+    model: HBPN,
+    path: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write ``model``'s parameters to ``path`` (atomically) with its config in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "config": model.cfg.to_json(), **(metadata or {})}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; clear errors for anything else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such weights file")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8 or int.from_bytes(head, "little") > path.stat().st_size:
+        raise WeightsError(f"{path}: not a safetensors file (truncated or foreign format)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = dict(fh.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: cannot read safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
+    """Recover the network shape from parameter shapes (for files without metadata).
+
+    ``global_residual`` leaves no trace in the weights; it is taken as False.
+    """
+    try:
+        stem = state["stem.0.conv.weight"]
+        widths = [int(state["stages.0.hourglass.down.0.project.conv.weight"].shape[1])]
+        i = 0
+        while f"stages.0.hourglass.down.{i}.project.conv.weight" in state:
+            widths.append(int(state[f"stages.0.hourglass.down.{i}.project.conv.weight"].shape[0]))
+            i += 1
+        stages = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"stages\.(\d+)\.", k)))
+        unshuffle = round((int(stem.shape[1]) // 6) ** 0.5)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise WeightsError(f"not an HBPN state dict (cannot find {exc})") from None
+    return HBPNConfig(widths=tuple(widths), stem_width=int(stem.shape[0]), stages=stages, unshuffle=unshuffle)
+
+
+def model_from_weights(
+    tensors: Mapping[str, Tensor], metadata: Mapping[str, str], source: str = "weights"
+) -> HBPN:
+    """Build an HBPN and load ``tensors`` into it; mismatches are named."""
+    if "config" in metadata:
+        try:
+            cfg = HBPNConfig.from_json(metadata["config"])
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise WeightsError(f"{source}: bad model config in metadata ({exc})") from None
+    else:
+        cfg = config_from_state_dict(tensors)
+    model = HBPN(cfg)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        raise WeightsError(f"{source}: weights do not fit an HBPN: {'; '.join(parts)}")
+    for key, value in tensors.items():
+        if value.shape != own[key].shape:
+            raise WeightsError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA if present, else MPS, else CPU."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise WeightsError(f"unknown device {device!r} ({exc})") from None
+
+
+def load_model(source: str | os.PathLike[str] | None = None, device: str | torch.device | None = None) -> HBPN:
+    """Load an HBPN in eval mode.
+
+    Args:
+        source: a ``.safetensors`` path, or the name of a shipped weight set
+            (``"default"``, ``"real"``); ``None`` is ``"default"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks
+            the best available.
+    """
+    name = "default" if source is None else source
+    path = Path(name)
+    is_name = isinstance(name, str) and name in SHIPPED and not path.is_file()
+    if is_name:
+        found = shipped_path(name)
+        if found is None:
+            raise WeightsError(f"no shipped weights named {name!r} in this install of hbpn")
+        path = found
+    elif isinstance(name, str) and not path.suffix and not path.exists():
+        raise WeightsError(f"unknown model {name!r}: give a .safetensors file or one of {', '.join(SHIPPED)}")
+    tensors, metadata = read_weights(path)
+    fmt = metadata.get("format")
+    if fmt is not None and fmt != FORMAT:
+        raise WeightsError(f"{path}: metadata says format {fmt!r}, not {FORMAT!r}")
+    model = model_from_weights(tensors, metadata, source=str(path))
+    model.metadata = metadata  # type: ignore[attr-defined]
+    return model.to(resolve_device(device)).eval()

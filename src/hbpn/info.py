@@ -1,0 +1,30 @@
+"""A model's description: config, size and cost (``hbpn info``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import get_preset
+from .model import HBPN, count_parameters, macs_per_megapixel
+
+
+def describe(source: str | None = None, preset: str | None = None) -> dict[str, Any]:
+    """Config, parameter count, GMACs per output megapixel, and metadata of a model."""
+    if preset is not None:
+        model, name, meta = HBPN(get_preset(preset)), f"preset {preset}", {}
+    else:
+        from .hub import load_model
+
+        model = load_model(source, device="cpu")
+        name, meta = source or "default", dict(getattr(model, "metadata", {}))
+    meta.pop("config", None)
+    meta.pop("format", None)
+    info: dict[str, Any] = {
+        "model": name,
+        "config": model.cfg.to_dict(),
+        "parameters": count_parameters(model),
+        "gmacs_per_output_megapixel": round(macs_per_megapixel(model) / 1e9, 1),
+    }
+    if meta:
+        info["metadata"] = meta
+    return info

@@ -1,0 +1,258 @@
+"""The Hierarchical Back Projection Network (Liu, Wang, Li, Siu, CVPRW 2019).
+
+Read top to bottom like the paper's figure: back-projection units, then the
+SR-HG hourglass built from them, then one stage (hourglass + fusion + heads),
+then the Weighted Reconstruction block and the whole network.
+
+The wiring follows ``HBPN_Deploy.prototxt`` exactly; the Caffe layer names each
+parameter maps to are in :mod:`hbpn.caffe`. Module attribute names are the
+checkpoint format: do not rename them.
+
+Shapes: ``B`` batch, ``H x W`` the output (= input) resolution, ``C_l`` the width
+at hourglass level ``l`` (level ``l`` runs at ``H / 2**l``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import HBPNConfig
+
+# RGB in [0, 1] -> YCbCr (BT.601, studio range, scaled to [0, 1]); the constants
+# of the prototxt's Eltwise coefficients and Scale biases.
+_YCC_WEIGHT = (
+    (0.25678824, 0.50412941, 0.09790588),
+    (-0.14822353, -0.29099216, 0.43921569),
+    (0.43921569, -0.36778824, -0.07142745),
+)
+_YCC_BIAS = (0.0625, 0.5, 0.5)
+
+
+def _prelu() -> nn.PReLU:
+    # Every PReLU of the original is channel-shared (one slope); Caffe's default
+    # slope filler is 0.25.
+    return nn.PReLU(num_parameters=1, init=0.25)
+
+
+def _conv(cin: int, cout: int, k: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=1, padding=k // 2)
+
+
+def _sample(cin: int, cout: int, down: bool) -> nn.Module:
+    """6x6, stride 2, pad 2: a convolution halves H and W, a deconvolution doubles them."""
+    if down:
+        return nn.Conv2d(cin, cout, 6, stride=2, padding=2)
+    return nn.ConvTranspose2d(cin, cout, 6, stride=2, padding=2)
+
+
+class ConvAct(nn.Module):
+    """A (de)convolution followed by a channel-shared PReLU."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+        self.act = _prelu()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.conv(x))
+
+
+class BackProjection(nn.Module):
+    """One back-projection unit: DBP (``down=True``) or UBP (``down=False``).
+
+    ``x``: (B, cin, h, w) -> (B, cout, h/2, w/2) for DBP, (B, cout, 2h, 2w) for UBP.
+    Project, project back, project the residue again, and add a 1x1 view of the
+    first projection (the prototxt's ``conv1..3``, ``local_output``, ``local_conv1``).
+    """
+
+    def __init__(self, cin: int, cout: int, down: bool) -> None:
+        super().__init__()
+        self.project = ConvAct(_sample(cin, cout, down))  # conv1: to the other scale
+        self.back = ConvAct(_sample(cout, cout, not down))  # conv2: back to x's scale
+        self.skip_in = nn.Conv2d(cin, cout, 1)  # local_output: x seen at cout channels
+        self.reproject = ConvAct(_sample(cout, cout, down))  # conv3: the residue, projected
+        self.skip_mid = nn.Conv2d(cout, cout, 1)  # local_conv1
+        self.act = _prelu()  # relu_output
+
+    def forward(self, x: Tensor) -> Tensor:
+        h0 = self.project(x)
+        residue = self.skip_in(x) - self.back(h0)
+        h1 = self.reproject(residue)
+        return self.act(self.skip_mid(h0) + h1)
+
+
+class Hourglass(nn.Module):
+    """The SR-HG block: DBP units down to 1/2**L, UBP units back up, 3x3 skips between.
+
+    Stage ``k`` adds the features of stages ``1..k-1`` at every scale (the
+    prototxt's cross-stage Eltwise sums): ``enc`` carries the running sum of the
+    DBP outputs per level, ``dec`` the running sum of the decoder's inputs.
+    """
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        depth = len(widths) - 1
+        self.down = nn.ModuleList(BackProjection(widths[i], widths[i + 1], True) for i in range(depth))
+        self.up = nn.ModuleList(BackProjection(widths[i + 1], widths[i], False) for i in reversed(range(depth)))
+        # "global" 3x3 skips from a level's DBP output to the decoder at levels 1..L-1
+        self.skips = nn.ModuleList(_conv(widths[i], widths[i], 3) for i in range(1, depth))
+
+    def forward(
+        self, x: Tensor, enc: list[Tensor] | None = None, dec: list[Tensor] | None = None
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """``x``: (B, C_0, h, w), h and w divisible by 2**L.
+
+        Returns the (B, C_0, h, w) output and the new ``enc`` (levels 1..L) and
+        ``dec`` (levels L-1..1) running sums for the next stage.
+        """
+        depth = len(self.down)
+        raw: list[Tensor] = []
+        new_enc: list[Tensor] = []
+        h = x
+        for level, unit in enumerate(self.down):
+            d = unit(h)
+            raw.append(d)
+            h = d if enc is None else enc[level] + d
+            new_enc.append(h)
+        new_dec: list[Tensor] = []
+        for i, unit in enumerate(self.up):
+            h = unit(h)
+            level = depth - 1 - i
+            if level == 0:
+                break
+            h = self.skips[level - 1](raw[level - 1]) + h
+            if dec is not None:
+                h = dec[i] + h
+            new_dec.append(h)
+        return h, new_enc, new_dec
+
+
+class Stage(nn.Module):
+    """One SR-HG stage: hourglass, fusion with earlier stages, input skip, heads.
+
+    Heads: an SR image (``out`` channels) and a one-channel weighting map, each
+    at the trunk's resolution.
+    """
+
+    def __init__(self, cfg: HBPNConfig, skip_in: int, fuse_in: int) -> None:
+        super().__init__()
+        w0, r2 = cfg.widths[0], cfg.unshuffle**2
+        self.hourglass = Hourglass(cfg.widths)
+        self.fuse = ConvAct(_conv(fuse_in, w0, 3))  # conv1_SR_s*_all
+        self.input_skip = nn.Conv2d(skip_in, w0, 1)  # con_data_s1 / data_s*
+        self.sr_head = nn.Sequential(ConvAct(_conv(w0, w0, 3)), _conv(w0, cfg.colors * r2, 3))
+        self.map_head = nn.Sequential(ConvAct(_conv(w0, w0, 3)), _conv(w0, r2, 3))
+
+
+@dataclass
+class HBPNOutput:
+    """Everything the network computes.
+
+    image: (B, 3, H, W) the WR block's output.
+    stages: one (B, 3, H, W) SR image per stage.
+    weights: (B, S, H, W) softmax weighting maps, one channel per stage.
+    """
+
+    image: Tensor
+    stages: list[Tensor]
+    weights: Tensor
+
+
+class HBPN(nn.Module):
+    """HBPN. ``forward``: (B, 3, H, W) RGB in [0, 1] at output resolution -> same shape.
+
+    Any H and W work: the input is padded at the bottom and right by edge
+    replication up to a multiple of ``cfg.multiple`` (8 in the paper) and the
+    output cropped back. Use :meth:`forward_all` for the per-stage SR images
+    and the WR weighting maps.
+    """
+
+    def __init__(self, cfg: HBPNConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or HBPNConfig()
+        r2, w0 = cfg.unshuffle**2, cfg.widths[0]
+        ycc_in = 2 * cfg.colors * r2
+        self.register_buffer("ycc_weight", torch.tensor(_YCC_WEIGHT).view(3, 3, 1, 1), persistent=False)
+        self.register_buffer("ycc_bias", torch.tensor(_YCC_BIAS), persistent=False)
+        self.stem = nn.Sequential(ConvAct(_conv(ycc_in, cfg.stem_width, 3)), ConvAct(_conv(cfg.stem_width, w0, 1)))
+        self.stages = nn.ModuleList(
+            Stage(cfg, skip_in=ycc_in if k == 0 else w0, fuse_in=w0 * max(2, k + 1)) for k in range(cfg.stages)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The original draws Gaussian weights scaled by fan-in and zero biases.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(m.bias)
+        for stage in self.stages:
+            # Departure from the original (which draws these too): start with
+            # uniform WR weights and, with a global residual, with SR = input, so
+            # training begins at bicubic quality instead of noise.
+            nn.init.zeros_(stage.map_head[-1].weight)
+            if self.cfg.global_residual:
+                nn.init.zeros_(stage.sr_head[-1].weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_all(x).image
+
+    def forward_all(self, x: Tensor) -> HBPNOutput:
+        cfg = self.cfg
+        h, w = x.shape[-2:]
+        m = cfg.multiple
+        x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate") if (h % m or w % m) else x
+        ycc = F.conv2d(x, self.ycc_weight, self.ycc_bias)
+        data = F.pixel_unshuffle(torch.cat([x, ycc], 1), cfg.unshuffle)  # Concat_data
+        feat = self.stem(data)
+        skip_src, fused = data, [feat]  # stage 1 fuses with the stem's output
+        enc = dec = None
+        srs, maps = [], []
+        for k, stage in enumerate(self.stages):
+            hg, enc, dec = stage.hourglass(feat, enc, dec)
+            f = stage.fuse(torch.cat([*fused, hg], 1))
+            feat = f + stage.input_skip(skip_src)  # SR_concate_s*
+            fused = [f] if k == 0 else [*fused, f]
+            skip_src = feat
+            sr = F.pixel_shuffle(stage.sr_head(feat), cfg.unshuffle)
+            srs.append(sr + x if cfg.global_residual else sr)
+            maps.append(F.pixel_shuffle(stage.map_head(feat), cfg.unshuffle))
+        weights = torch.softmax(torch.cat(maps, 1), dim=1)  # the WR block
+        image = sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs))
+        return HBPNOutput(image[..., :h, :w], [s[..., :h, :w] for s in srs], weights[..., :h, :w])
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_per_megapixel(model: HBPN, size: int = 64) -> float:
+    """Multiply-accumulates of every (de)convolution per output megapixel.
+
+    Counted with forward hooks on a ``size`` x ``size`` input (a multiple of the
+    model's padding unit, so nothing is padded).
+    """
+    total = 0
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout block
+            total += inp[0].numel() * mod.out_channels * k // mod.groups
+        else:
+            total += out.numel() * (mod.in_channels // mod.groups) * k
+
+    size = -(-size // model.cfg.multiple) * model.cfg.multiple
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for hd in handles:
+            hd.remove()
+    return total * 1e6 / (size * size)

@@ -23,10 +23,9 @@ _LAZY = {
     "load_model": "hbpn.hub",
     "save_weights": "hbpn.hub",
     "imresize": "hbpn.imresize",
-    "upscale": "hbpn.upscale",
     "HBPNError": "hbpn.errors",
 }
-_SUBMODULES = {"metrics", "model", "config", "hub", "caffe", "evaluate", "train", "imageio"}
+_SUBMODULES = {"upscale", "metrics", "model", "config", "hub", "caffe", "evaluate", "train", "imageio"}
 
 __all__ = [*_LAZY, "metrics", "__version__"]
 

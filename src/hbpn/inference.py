@@ -6,16 +6,30 @@ format handling and resizing live in :mod:`hbpn.upscale`.
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import functools
+import math
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .config import HBPNConfig
 from .model import HBPN
 
 #: Default tile edge (pixels at output resolution) and overlap on each side.
 DEFAULT_TILE = 256
 DEFAULT_TILE_PAD = 16
+#: --precision names and their dtypes (fp32: no autocast).
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Real peak memory over the traced live-tensor peak (allocator slack, conv
+#: workspaces): measured 1.6-2.0x with ru_maxrss on CPU (docs/UPSCALE.md).
+MEMORY_SLACK = 2.0
+#: Share of the free memory ``--tile auto`` lets one tile use.
+MEMORY_SHARE = 0.5
 
 
 def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
@@ -65,6 +79,7 @@ def run_model(
     ensemble: bool = False,
     maps: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    precision: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Restore ``x`` (B, 3, H, W) with ``model``; returns (image, weighting maps or None).
 
@@ -72,7 +87,8 @@ def run_model(
     neighbours by ``2 * tile_pad``; overlaps are blended with a raised-cosine
     window, so there is no seam. With ``ensemble`` every tile is restored in the
     eight orientations and the results averaged (x8 self-ensemble).
-    ``progress(done, total)`` is called after each tile.
+    ``progress(done, total)`` is called after each tile. ``precision``
+    (``"fp16"``, ``"bf16"``) runs the network under autocast; blending stays fp32.
     """
     b, _, h, w = x.shape
     tile = tile or max(h, w)
@@ -95,7 +111,8 @@ def run_model(
             acc = torch.zeros(b, 3, th, tw, device=x.device, dtype=torch.float32)
             acc_maps = torch.zeros(b, n_stages, th, tw, device=x.device, dtype=torch.float32) if maps else None
             for fwd, inv in tfs:
-                res = model.forward_all(fwd(patch))
+                with autocast(x.device, precision):
+                    res = model.forward_all(fwd(patch))
                 acc += inv(res.image).float()
                 if acc_maps is not None:
                     acc_maps += inv(res.weights).float()
@@ -111,3 +128,98 @@ def run_model(
     if out_maps is not None:
         out_maps /= norm
     return out, out_maps
+
+
+def autocast(device: torch.device, precision: str | None) -> AbstractContextManager[Any]:
+    """Autocast for ``precision`` (None/"fp32": nothing) on ``device``."""
+    if precision in (None, "fp32"):
+        return contextlib.nullcontext()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+@functools.lru_cache(maxsize=32)
+def activation_bytes_per_pixel(cfg: HBPNConfig, precision: str | None = None) -> float:
+    """Peak bytes of live tensors per output pixel of one forward pass (no grad).
+
+    Measured by running the network on the ``meta`` device (shapes only, no
+    memory, no arithmetic) and tracking every tensor the ops create and free,
+    so it follows the config's widths, stages and unshuffle exactly.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class _Peak(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _free(self, n: int) -> None:
+            self.live -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, Tensor) and not t._is_view():
+                    n = t.numel() * t.element_size()
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, n)
+            return out
+
+    size = 8 * cfg.multiple
+    dtype = PRECISIONS.get(precision or "fp32", torch.float32)
+    model = HBPN(cfg).to(device="meta", dtype=dtype).eval()
+    with torch.no_grad(), _Peak() as probe:
+        model(torch.zeros(1, 3, size, size, device="meta", dtype=dtype))
+    return probe.peak / (size * size)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on ``device``: CUDA's own count, MPS's recommended
+    limit less what it holds, or the host's available memory (psutil when
+    installed, else /proc/meminfo); None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_tile(
+    model: HBPN,
+    device: torch.device,
+    image_hw: tuple[int, int],
+    *,
+    precision: str | None = None,
+    free_bytes: int | None = None,
+) -> int:
+    """The tile edge for ``--tile auto``: as large as fits in a share of free memory.
+
+    Returns 0 (no tiling) when the whole ``image_hw`` fits. ``free_bytes``
+    overrides the measured free memory (for tests). Unknown free memory falls
+    back to :data:`DEFAULT_TILE`.
+    """
+    free = free_memory(device) if free_bytes is None else free_bytes
+    if free is None:
+        return DEFAULT_TILE
+    per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
+    edge = int(math.sqrt(max(free, 0) * MEMORY_SHARE / per_px))
+    if image_hw[0] * image_hw[1] <= edge * edge:
+        return 0
+    m = model.cfg.multiple
+    return max(64, edge // m * m)

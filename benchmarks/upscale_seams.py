@@ -1,0 +1,85 @@
+"""How far tiled output is from untiled output (seams), per tile and tile pad.
+
+Not a test: prints a table. The image is skimage's 512 x 512 astronaut, shrunk
+by 4 with bicubic and brought back (so the network sees what it was made for).
+Models: ``fit`` (the tiny preset after a short fit on that image pair, so its
+weights do something, like a trained model's) and ``random`` (every layer
+drawn at random, the heads too: a pessimistic case).
+
+    python benchmarks/upscale_seams.py                       # tiny, 40 fit steps
+    python benchmarks/upscale_seams.py --preset small --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from hbpn.config import get_preset
+from hbpn.imresize import imresize
+from hbpn.inference import run_model
+from hbpn.model import HBPN
+
+
+def quick_fit(model: HBPN, lr_up: torch.Tensor, hr: torch.Tensor, steps: int, patch: int = 64) -> float:
+    """A few Adam steps on random patches: enough to give the weights structure."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    loss = torch.tensor(0.0)
+    h, w = hr.shape[-2:]
+    for _ in range(steps):
+        ys = torch.randint(0, h - patch, (8,), generator=gen)
+        xs = torch.randint(0, w - patch, (8,), generator=gen)
+        x = torch.stack([lr_up[0, :, y : y + patch, x0 : x0 + patch] for y, x0 in zip(ys, xs)])
+        t = torch.stack([hr[0, :, y : y + patch, x0 : x0 + patch] for y, x0 in zip(ys, xs)])
+        loss = nn.functional.l1_loss(model(x), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return float(loss)
+
+
+def randomize(model: HBPN) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
+            m.weight.data.mul_(0.5)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    ap.add_argument("--steps", type=int, default=40, help="fit steps for the 'fit' model (default: 40)")
+    ap.add_argument("--tiles", default="128:16,256:8,256:16,256:32", help="TILE:PAD pairs to measure")
+    args = ap.parse_args()
+
+    from skimage import data
+
+    torch.manual_seed(0)
+    hr = torch.from_numpy(data.astronaut().astype(np.float32) / 255).permute(2, 0, 1)[None]
+    lr_up = imresize(imresize(hr, scale=0.25), size=hr.shape[-2:]).clamp(0, 1)
+    pairs = [tuple(int(v) for v in p.split(":")) for p in args.tiles.split(",")]
+
+    fit = HBPN(get_preset(args.preset))
+    t0 = time.perf_counter()
+    loss = quick_fit(fit, lr_up, hr, args.steps)
+    print(f"fit: {args.steps} steps in {time.perf_counter() - t0:.0f} s, final L1 {loss:.4f}")
+    rnd = HBPN(get_preset(args.preset))
+    randomize(rnd)
+    print("model   tile  pad  mean|diff|  (8-bit levels)  max|diff| (levels)")
+    for name, model in (("fit", fit), ("random", rnd)):
+        model.eval()
+        ref, _ = run_model(model, lr_up, tile=0)
+        for tile, pad in pairs:
+            out, _ = run_model(model, lr_up, tile=tile, tile_pad=pad)
+            d = (out - ref).abs()
+            print(f"{name:7s} {tile:5d} {pad:4d}  {d.mean():.2e}   ({d.mean() * 255:.3f})      "
+                  f"{d.max():.2e} ({d.max() * 255:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Checkpoints: weights as safetensors, the rest of the training state in ``state.pt``.
+
+``state.pt`` holds only tensors and plain Python values (RNG states converted
+to lists and tensors), so it loads with ``torch.load(..., weights_only=True)``
+and never unpickles an object. Both files are written atomically, weights
+first: a crash between the two leaves the previous ``state.pt`` valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import HBPNConfig
+from ..errors import HBPNError
+from ..fileio import atomic_path
+from ..hub import read_weights, save_weights
+from ..model import HBPN
+from .config import TrainConfig
+
+STATE = "state.pt"
+LAST = "last.safetensors"
+BEST = "best.safetensors"
+LOG = "log.jsonl"
+CONFIG = "config.yaml"
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states as tensors and lists."""
+    version, internal, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    """True when no parameter holds NaN or inf (one host sync)."""
+    flags = [torch.isfinite(p).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all().item())
+
+
+def write_weights(model: HBPN, path: Path, metadata: Mapping[str, str]) -> None:
+    save_weights(model, path, metadata=dict(metadata))
+
+
+def write_state(out: Path, state: Mapping[str, Any]) -> None:
+    with atomic_path(out / STATE) as tmp:
+        torch.save(dict(state), tmp)
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    path = out / STATE
+    if not path.is_file():
+        raise HBPNError(f"{out}: nothing to resume (no {STATE}); start without --resume or pick the right --out")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
+        raise HBPNError(f"{path}: cannot read training state ({exc.__class__.__name__}: {exc})") from None
+
+
+def model_config(cfg: TrainConfig, resume_from: Path | None = None) -> HBPNConfig:
+    """The network's shape: the config's preset + overrides, or ``init_from``'s when preset is null.
+
+    On resume (``resume_from``: the run folder) the run's own ``last.safetensors``
+    stands in for ``init_from``, which may have moved since.
+    """
+    init = cfg.train.init_from
+    if resume_from is not None and (resume_from / LAST).is_file():
+        init = str(resume_from / LAST)
+    meta_cfg = None
+    if init is not None:
+        _, meta = read_weights(init)
+        if "config" in meta:
+            meta_cfg = HBPNConfig.from_json(meta["config"])
+    if cfg.model.preset is None:
+        if meta_cfg is None:
+            raise HBPNError(f"{init}: no model config in its metadata; set model.preset")
+        return meta_cfg
+    want = cfg.model.to_hbpn_config()
+    if meta_cfg is not None and meta_cfg != want:
+        raise HBPNError(
+            f"{init}: holds a model {meta_cfg.to_json()}, but the config's model section asks for "
+            f"{want.to_json()}; set model.preset: null to take the file's"
+        )
+    return want
+
+
+def debug_hash(model: HBPN, rank: int) -> None:
+    """With ``HBPN_DEBUG_WEIGHTS_HASH=DIR`` every rank writes a SHA-256 of its weights (DDP tests)."""
+    folder = os.environ.get("HBPN_DEBUG_WEIGHTS_HASH")
+    if not folder:
+        return
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    Path(folder, f"rank{rank}.sha256").write_text(h.hexdigest() + "\n", encoding="utf-8")

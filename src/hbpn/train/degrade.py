@@ -1,0 +1,98 @@
+"""Blind degradation of an HR patch into the network's input.
+
+Classic bicubic model: ``LR = imresize(HR, 1/s)`` (MATLAB-compatible, uint8
+rounding like the benchmark LR images), then ``imresize(LR, size=HR size)``
+so the network sees the LR image at output resolution. Optional real-world
+extras, each with its own probability: isotropic or anisotropic Gaussian
+blur of the HR patch before down-sampling, Gaussian noise and JPEG
+compression of the LR image.
+
+Everything is driven by a ``numpy.random.Generator`` handed in by the caller,
+so a sample depends only on its seed.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..imresize import imresize
+from .config import DegradeSection
+
+
+def region_size(patch: int, scale: float) -> tuple[int, int]:
+    """(HR region to crop, LR size) for a ``patch``-pixel output at ``scale``.
+
+    The region is a whole number of LR pixels times the scale, at least
+    ``patch``: ``ceil(patch / s) * s`` for an integer scale (258 for 256 at
+    x3), so down- and up-sampling align exactly; the caller crops the top-left
+    ``patch`` x ``patch`` of both afterwards.
+    """
+    lr = max(1, math.ceil(patch / scale))
+    return max(patch, math.ceil(lr * scale - 1e-9)), lr
+
+
+def draw_scale(rng: np.random.Generator, scales: tuple[float, ...], scale_range: tuple[float, float] | None) -> float:
+    if scale_range is not None:
+        return float(rng.uniform(scale_range[0], scale_range[1]))
+    return float(scales[int(rng.integers(len(scales)))])
+
+
+def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
+    """Normalised 2-D Gaussian, axes ``sigma_x``/``sigma_y`` rotated by ``theta`` (radians)."""
+    radius = max(1, math.ceil(3 * max(sigma_x, sigma_y)))
+    ax = np.arange(-radius, radius + 1, dtype=np.float64)
+    xx, yy = np.meshgrid(ax, ax)
+    c, s = math.cos(theta), math.sin(theta)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    k = np.exp(-0.5 * ((u / sigma_x) ** 2 + (v / sigma_y) ** 2))
+    return (k / k.sum()).astype(np.float32)
+
+
+def blur(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """Convolve a 3 x H x W uint8 image with ``kernel`` (reflect border), keep uint8."""
+    x = img[:, None].float()
+    r = kernel.shape[0] // 2
+    x = F.pad(x, (r, r, r, r), mode="reflect" if min(img.shape[-2:]) > r else "replicate")
+    y = F.conv2d(x, torch.from_numpy(kernel)[None, None])
+    return y[:, 0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG-compress a 3 x H x W uint8 image at ``quality`` and decode it again."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).contiguous()
+
+
+def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
+    """``hr``: 3 x H x W uint8 -> 3 x H x W float32 in [0, 1]: down to ``lr_hw``, extras, back up.
+
+    Works on contiguous channel-first tensors: imresize is much faster on
+    those than on H x W x C numpy views.
+    """
+    h, w = hr.shape[-2:]
+    src = hr
+    if cfg.aniso_prob > 0 and rng.random() < cfg.aniso_prob:
+        sx, sy = rng.uniform(*cfg.aniso_sigma, size=2)
+        src = blur(src, gaussian_kernel(float(sx), float(sy), float(rng.uniform(0, math.pi))))
+    elif cfg.blur_prob > 0 and rng.random() < cfg.blur_prob:
+        sigma = float(rng.uniform(*cfg.blur_sigma))
+        src = blur(src, gaussian_kernel(sigma, sigma, 0.0))
+    lr = imresize(src, size=lr_hw)
+    if cfg.noise_prob > 0 and rng.random() < cfg.noise_prob:
+        sigma = float(rng.uniform(*cfg.noise_sigma))
+        noise = torch.from_numpy(rng.standard_normal(tuple(lr.shape), dtype=np.float32))
+        lr = (lr.float() + noise * sigma).round_().clamp_(0, 255).to(torch.uint8)
+    if cfg.jpeg_prob > 0 and rng.random() < cfg.jpeg_prob:
+        lr = jpeg(lr, int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
+    up = imresize(lr.float().div_(255.0), size=(h, w))
+    return up.clamp_(0.0, 1.0)

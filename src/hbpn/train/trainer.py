@@ -1,0 +1,392 @@
+"""The training loop: Adam, LR schedule, accumulation, AMP, EMA, validation, checkpoints.
+
+One :class:`Trainer` per process; under torchrun each rank runs one and only
+rank 0 logs and writes. The loop syncs with the host only every
+``train.log_every`` steps (to log the loss and check it is finite) and at
+checkpoints, validation and the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import HBPNError
+from ..fileio import atomic_path
+from ..hub import read_weights
+from ..model import HBPN
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data import PatchDataset, load_training_images, make_loader
+from .distributed import DistInfo, any_across, barrier, mean_across, setup, teardown
+
+
+class TrainingDiverged(HBPNError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    reason: str  # "done", "time" (max_minutes) or "interrupted"
+    out: Path
+    best_psnr: float | None
+    last_loss: float | None
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate for optimizer step ``step`` (0-based)."""
+    base, s = cfg.optim.lr, cfg.schedule
+    if s.warmup and step < s.warmup:
+        return base * (step + 1) / s.warmup
+    if s.kind == "cosine":
+        t = min(1.0, (step - s.warmup) / max(1, cfg.train.steps - s.warmup))
+        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+    if s.kind == "step":
+        return base * s.gamma ** sum(step >= m for m in s.milestones)
+    return base
+
+
+class _AllOutputs(nn.Module):
+    """``forward`` returning the final and per-stage images, so DDP and compile see everything."""
+
+    def __init__(self, model: HBPN) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        out = self.model.forward_all(x)
+        return out.image, out.stages
+
+
+class Trainer:
+    """Set up from a config and an output folder; :meth:`run` trains."""
+
+    def __init__(
+        self, cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg, self.out, self.resume = cfg, Path(out), resume
+        self._echo = echo or (lambda msg: None)
+        self.dist: DistInfo | None = None
+        self.tb: Any = None
+
+    # ------------------------------------------------------------------ helpers
+    def echo(self, msg: str) -> None:
+        if self.dist is None or self.dist.is_main:
+            self._echo(msg)
+
+    def log(self, record: dict[str, Any]) -> None:
+        assert self.dist is not None
+        if self.dist.is_main:
+            with open(self.out / ckpt.LOG, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _check_out(self) -> None:
+        if int(os.environ.get("RANK", "0")) != 0:
+            return  # rank 0 checks, before it creates anything in the folder
+        if self.resume:
+            if not (self.out / ckpt.STATE).is_file():
+                raise HBPNError(f"{self.out}: nothing to resume (no {ckpt.STATE})")
+        elif self.out.exists() and not self.out.is_dir():
+            raise HBPNError(f"{self.out} is a file, not a folder: choose another --out")
+        elif self.out.exists():
+            names = {p.name for p in self.out.iterdir()}
+            if names and not names <= {ckpt.CONFIG, ckpt.LOG, "tb"}:
+                raise HBPNError(f"{self.out} is not empty: pass --resume to continue the run in it, "
+                                "or choose another --out")
+            # only the leftovers of a run that failed before its first checkpoint: start afresh
+            (self.out / ckpt.LOG).unlink(missing_ok=True)
+            if (self.out / "tb").is_dir():
+                shutil.rmtree(self.out / "tb")
+
+    def _build(self) -> None:
+        cfg, d = self.cfg, self.dist
+        assert d is not None
+        torch.manual_seed(cfg.train.seed)
+        self.model = HBPN(ckpt.model_config(cfg, self.out if self.resume else None))
+        if cfg.train.init_from and not self.resume:
+            tensors, _ = read_weights(cfg.train.init_from)
+            try:
+                self.model.load_state_dict({k: v.float() for k, v in tensors.items()})
+            except RuntimeError as exc:
+                raise HBPNError(f"{cfg.train.init_from}: weights do not fit the model ({str(exc)[:200]})") from None
+        self.model.to(d.device)
+        fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.model.to(memory_format=fmt)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.train.ema else None
+        net: nn.Module = _AllOutputs(self.model)
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
+        if d.active:
+            ids = [d.device.index] if d.device.type == "cuda" else None
+            net = self.ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        self.net = torch.compile(net) if cfg.train.compile else net
+        o = cfg.optim
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.train.amp == "fp16")
+        images = load_training_images(cfg.data)
+        for msg in images.skipped:
+            self.echo(f"skipped {msg}")
+        if images.skipped:
+            self.log({"event": "skipped", "count": len(images.skipped), "files": images.skipped})
+        self.dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed)
+        self.valset = None
+        if cfg.val.dir is not None and d.is_main:
+            from .validate import load_valset
+
+            self.valset = load_valset(cfg.val)
+            for msg in self.valset.skipped:
+                self.echo(f"validation: skipped {msg}")
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "micro": self.micro, "elapsed": self.elapsed(), "best_psnr": self.best,
+            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(), "interval": [self.acc_loss.detach().cpu(), self.acc_n],
+            "config": json.dumps(self.cfg.to_dict()),
+        }
+
+    def _restore(self) -> None:
+        st = ckpt.read_state(self.out)
+        try:
+            self.model.load_state_dict(st["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(st["ema"] if st["ema"] is not None else st["model"])
+            self.opt.load_state_dict(st["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise HBPNError(f"{self.out / ckpt.STATE}: does not fit this config's model ({str(exc)[:200]})") from None
+        self.scaler.load_state_dict(st["scaler"])
+        self.step, self.micro, self.best = int(st["step"]), int(st["micro"]), st["best_psnr"]
+        self.prior_elapsed = float(st["elapsed"])
+        self.acc_loss = st["interval"][0].to(self.dist.device)  # type: ignore[union-attr]
+        self.acc_n = int(st["interval"][1])
+        ckpt.set_rng_state(st["rng"])
+        if self.dist.is_main:  # type: ignore[union-attr]
+            self._trim_log()
+
+    def _trim_log(self) -> None:
+        """Drop log lines past the checkpoint's step (written after it, before a crash)."""
+        path = self.out / ckpt.LOG
+        if not path.is_file():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if json.loads(ln).get("step", 0) <= self.step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+    def elapsed(self) -> float:
+        return self.prior_elapsed + time.monotonic() - self.t0
+
+    def save(self, best: bool = False, metrics: dict[str, float] | None = None) -> None:
+        """Write last (or best) weights and, for last, the training state; never a non-finite model."""
+        d = self.dist
+        assert d is not None
+        model = self.ema if self.ema is not None else self.model
+        finite = d.is_main and ckpt.all_finite(self.model) and ckpt.all_finite(model)
+        if not best:  # every rank saves "last" together (best: rank 0 alone, after validation)
+            finite = not any_across(d, d.is_main and not finite)
+        if not finite:
+            raise TrainingDiverged(f"weights became NaN or infinite by step {self.step}; "
+                                   f"kept the last good checkpoint in {self.out}")
+        if not d.is_main:
+            return
+        meta = {"step": str(self.step), "trained_by": "hbpn train", "train_config": json.dumps(self.cfg.to_dict())}
+        meta.update({k: f"{v:.4f}" for k, v in (metrics or {}).items()})
+        if best:
+            ckpt.write_weights(model, self.out / ckpt.BEST, meta)
+            return
+        ckpt.write_weights(model, self.out / ckpt.LAST, meta)
+        ckpt.write_state(self.out, self._state())
+
+    # ------------------------------------------------------------------ the loop
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        d, t = self.dist, self.cfg.train
+        assert d is not None
+        start = self.micro * t.batch * d.world
+        loader = make_loader(self.dataset, t.batch, t.seed, start, d.rank, d.world, self.cfg.data.workers,
+                             pin=d.device.type == "cuda")
+        fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+        for x, y in loader:
+            yield (x.to(d.device, non_blocking=True, memory_format=fmt),
+                   y.to(d.device, non_blocking=True, memory_format=fmt))
+
+    def loss_fn(self, out: Tensor, stages: list[Tensor], y: Tensor) -> Tensor:
+        loss = F.l1_loss(out.float(), y)
+        w = self.cfg.loss.stage_weight
+        if w > 0:
+            loss = loss + w * sum(F.l1_loss(s.float(), y) for s in stages) / len(stages)
+        return loss
+
+    def train_step(self, it: Iterator[tuple[Tensor, Tensor]]) -> Tensor:
+        cfg, d = self.cfg, self.dist
+        assert d is not None
+        n_acc = cfg.train.accumulation_at(self.step)
+        lr = lr_at(cfg, self.step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        amp = cfg.train.amp != "none"
+        dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+        step_loss = torch.zeros((), device=d.device)
+        for i in range(n_acc):
+            x, y = next(it)
+            sync = contextlib.nullcontext()
+            if self.ddp is not None and i < n_acc - 1:
+                sync = self.ddp.no_sync()
+            with sync:
+                with torch.autocast(d.device.type, dtype=dtype, enabled=amp):
+                    out, stages = self.net(x)
+                loss = self.loss_fn(out, stages, y)
+                self.scaler.scale(loss / n_acc).backward()
+            step_loss += loss.detach() / n_acc
+        if cfg.optim.grad_clip:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.micro += n_acc
+        self.step += 1
+        if self.ema is not None:
+            decay = min(cfg.train.ema, (1 + self.step) / (10 + self.step))
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
+        return step_loss
+
+    def validate(self) -> None:
+        assert self.valset is not None
+        from .validate import evaluate
+
+        model = self.ema if self.ema is not None else self.model
+        try:
+            metrics, preview = evaluate(model, self.valset, self.dist.device, self.cfg.val.tile)  # type: ignore[union-attr]
+        except ModuleNotFoundError as exc:
+            if exc.name != "hbpn.metrics":
+                raise
+            self.echo("validation off: this install has no hbpn.metrics")
+            self.valset = None
+            return
+        improved = self.best is None or metrics["psnr"] > self.best
+        if improved:
+            self.best = metrics["psnr"]
+            self.save(best=True, metrics=metrics)
+        self.log({"step": self.step, "val_psnr": metrics["psnr"], "val_ssim": metrics["ssim"],
+                  "best": improved, "elapsed": round(self.elapsed(), 3)})
+        if self.tb is not None:
+            self.tb.add_scalar("val/psnr", metrics["psnr"], self.step)
+            self.tb.add_scalar("val/ssim", metrics["ssim"], self.step)
+            self.tb.add_image("val/sample", preview, self.step, dataformats="HWC")
+        self.echo(f"step {self.step}: val PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}"
+                  + (" (best)" if improved else ""))
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.train.tensorboard and self.dist.is_main):  # type: ignore[union-attr]
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.echo("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+            return
+        self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.resume else None)
+
+    def run(self) -> TrainResult:
+        from tqdm import tqdm
+
+        self._check_out()
+        self.dist = d = setup(self.cfg.train.device)
+        try:
+            if d.is_main:
+                self.out.mkdir(parents=True, exist_ok=True)
+            barrier(d)
+            if d.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            self.step = self.micro = self.acc_n = 0
+            self.best: float | None = None
+            self.prior_elapsed, self.t0 = 0.0, time.monotonic()
+            self._build()
+            self.acc_loss = torch.zeros((), device=d.device)
+            if self.resume:
+                self._restore()
+            elif d.is_main:
+                with atomic_path(self.out / ckpt.CONFIG) as tmp:
+                    tmp.write_text(self.cfg.to_yaml(), encoding="utf-8")
+            self._open_tensorboard()
+            return self._loop(tqdm)
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+            if hasattr(self, "model"):
+                ckpt.debug_hash(self.model, d.rank)
+            teardown(d)
+
+    def _loop(self, tqdm: Any) -> TrainResult:
+        cfg, d, t = self.cfg, self.dist, self.cfg.train
+        assert d is not None
+        budget = t.max_minutes * 60 if t.max_minutes else None
+        run_t0 = time.monotonic()
+        bar = tqdm(total=t.steps, initial=self.step, disable=not (d.is_main and t.progress), file=sys.stderr,
+                   desc="train", unit="step", dynamic_ncols=True)
+        it = self.batches()
+        reason, last, saved = "done", None, -1
+        try:
+            while self.step < t.steps:
+                if budget is not None and not d.active and time.monotonic() - run_t0 > budget:
+                    reason = "time"
+                    break
+                self.acc_loss += self.train_step(it)
+                self.acc_n += 1
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    last = self._log_interval(bar)
+                    if budget is not None and d.active and any_across(d, time.monotonic() - run_t0 > budget):
+                        reason = "time"
+                        break
+                if self.valset is not None and self.step % cfg.val.every == 0:
+                    self.validate()
+                if self.step % t.ckpt_every == 0:
+                    self.save()
+                    saved = self.step
+        except KeyboardInterrupt:
+            bar.close()
+            self.echo(f"interrupted at step {self.step}: writing a checkpoint")
+            self.save()
+            raise
+        bar.close()
+        if self.acc_n:
+            last = self._log_interval(bar)
+        if self.valset is not None and self.step % cfg.val.every != 0 and self.step > 0:
+            self.validate()
+        if saved != self.step or not (self.out / ckpt.STATE).is_file():
+            self.save()
+        self.log({"event": "end", "step": self.step, "reason": reason, "elapsed": round(self.elapsed(), 3)})
+        return TrainResult(self.step, reason, self.out, self.best, last)
+
+    def _log_interval(self, bar: Any) -> float:
+        """Average loss since the last log line (one host sync); stop on NaN/inf."""
+        d = self.dist
+        assert d is not None
+        loss = float(mean_across(d, self.acc_loss / max(1, self.acc_n)).item())
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} by step {self.step}: stopped; "
+                                   f"the last good checkpoint in {self.out} is kept (try a lower optim.lr)")
+        lr = self.opt.param_groups[0]["lr"]
+        self.log({"step": self.step, "loss": loss, "lr": lr, "elapsed": round(self.elapsed(), 3)})
+        if self.tb is not None:
+            self.tb.add_scalar("train/loss", loss, self.step)
+            self.tb.add_scalar("train/lr", lr, self.step)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        self.acc_loss = torch.zeros((), device=d.device)
+        self.acc_n = 0
+        return loss

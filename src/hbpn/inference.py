@@ -62,11 +62,21 @@ def _window(n: int, pad: int, lo_edge: bool, hi_edge: bool, device: torch.device
     return w
 
 
-def _starts(size: int, tile: int, step: int) -> list[int]:
+def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[int]]:
+    """Tile edge and start offsets covering ``size`` with overlaps of at least ``2 * pad``.
+
+    The tile count is the fewest that fit; the tiles are then shrunk to share the
+    overlap evenly (a fixed stride would leave one tile overlapping its neighbour
+    almost entirely) and rounded up to the model's padding unit where that still
+    fits, so interior tile edges need no padding.
+    """
     if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, step)) + [size - tile]
-    return sorted(set(starts))
+        return size, [0]
+    n = -(-(size - 2 * pad) // (tile - 2 * pad))
+    t = -(-(size - 2 * pad) // n) + 2 * pad
+    rounded = -(-t // multiple) * multiple
+    t = rounded if rounded <= tile else t
+    return t, [round(i * (size - t) / (n - 1)) for i in range(n)]
 
 
 @torch.no_grad()
@@ -83,8 +93,8 @@ def run_model(
 ) -> tuple[Tensor, Tensor | None]:
     """Restore ``x`` (B, 3, H, W) with ``model``; returns (image, weighting maps or None).
 
-    Tiles are ``tile`` x ``tile`` (None or 0: the whole image) and overlap their
-    neighbours by ``2 * tile_pad``; overlaps are blended with a raised-cosine
+    Tiles are at most ``tile`` x ``tile`` (None or 0: the whole image), spread
+    evenly, and overlap their neighbours by at least ``2 * tile_pad``; overlaps are blended with a raised-cosine
     window, so there is no seam. With ``ensemble`` every tile is restored in the
     eight orientations and the results averaged (x8 self-ensemble).
     ``progress(done, total)`` is called after each tile. ``precision``
@@ -92,9 +102,10 @@ def run_model(
     """
     b, _, h, w = x.shape
     tile = tile or max(h, w)
-    tile = max(tile, 2 * tile_pad + 1)
-    step = max(tile - 2 * tile_pad, 1)
-    ys, xs = _starts(h, tile, step), _starts(w, tile, step)
+    if tile <= 2 * tile_pad:  # no room left between the overlaps: shrink them
+        tile_pad = tile // 4
+    tile_h, ys = _layout(h, tile, tile_pad, model.cfg.multiple)
+    tile_w, xs = _layout(w, tile, tile_pad, model.cfg.multiple)
     tfs = _transforms() if ensemble else _transforms()[:1]
     n_stages = model.cfg.stages
     out = torch.zeros(b, 3, h, w, device=x.device, dtype=torch.float32)
@@ -102,10 +113,10 @@ def run_model(
     norm = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
     total, done = len(ys) * len(xs), 0
     for y0 in ys:
-        th = min(tile, h - y0)
+        th = tile_h
         wy = _window(th, tile_pad, y0 == 0, y0 + th >= h, x.device)
         for x0 in xs:
-            tw = min(tile, w - x0)
+            tw = tile_w
             wx = _window(tw, tile_pad, x0 == 0, x0 + tw >= w, x.device)
             patch = x[..., y0 : y0 + th, x0 : x0 + tw]
             acc = torch.zeros(b, 3, th, tw, device=x.device, dtype=torch.float32)

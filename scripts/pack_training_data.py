@@ -1,0 +1,293 @@
+"""Pack a compact, lossless copy of the training data into ``carry/data`` for a lent GPU.
+
+The device machine sees only the repository's working tree (at most 64 MiB,
+ignored folders named in ``carry`` included); ``../shared/datasets`` stays
+behind. This copies what one device training call needs into the ignored
+folder ``carry/data`` and checks that the whole tree that would travel fits.
+
+Profiles (one at a time: packing one removes the other's files):
+
+* ``default``: T91 + BSD200 HR images (training, lossless WebP, or the
+  original PNG where that is smaller) and Set5 ``image_SRF_4`` HR + LR
+  (validation and the on-device eval, copied byte for byte).
+* ``real``: City100 iPhone X pairs 0-39 into ``City100-train/{HR,LR}`` and the
+  withheld pairs 40-49 into ``City100-val/{HR,LR}`` (separate folders, so no
+  trimming can ever move a validation pair into the training set).
+
+Travelling size = files git would send (tracked + untracked, not ignored; the
+shipped weights under ``src/hbpn/weights`` included) + everything under
+``carry/``. When it is over ``--budget-mib`` minus ``--margin-mib``, images
+are dropped from the end of the trimmable groups (BSD200; City100 validation,
+then training pairs), each named count printed; if that is not enough the
+script stops with status 2 and writes nothing more.
+
+Deterministic and idempotent: a manifest (``carry/data/MANIFEST.json``) keeps
+each output's source SHA-256, so a rerun only encodes what changed; every file
+is written atomically.
+
+    python scripts/pack_training_data.py                     # profile default
+    python scripts/pack_training_data.py --profile real
+    python scripts/pack_training_data.py --source /data/datasets --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing hbpn
+
+from hbpn.fileio import atomic_path
+
+MIB = 1024 * 1024
+MANIFEST = "MANIFEST.json"
+IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+class PackError(Exception):
+    """An expected failure: printed in one line, exit status 2."""
+
+
+@dataclass
+class Group:
+    """Files copied together; ``min_keep`` < len(items) makes the group trimmable (from its end)."""
+
+    name: str
+    items: list[tuple[Path, str, str]]  # (source, destination relative to dest, "webp" or "copy")
+    min_keep: int
+    trim_rank: int = 0  # lower ranks are trimmed first
+    unit: int = 1  # files dropped at a time (2: an HR/LR pair)
+
+
+def _images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise PackError(f"{folder}: no such folder (point --source at the datasets folder)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise PackError(f"{folder}: no images")
+    return files
+
+
+def plan(profile: str, source: Path) -> list[Group]:
+    """The groups of one profile, in a fixed order."""
+    if profile == "default":
+        t91 = [(p, f"train/T91/{p.stem}.webp", "webp") for p in _images(source / "train/T91")]
+        bsd = [(p, f"train/BSD200/{p.stem}.webp", "webp") for p in _images(source / "train/BSD200")]
+        set5 = [(p, f"Set5/image_SRF_4/{p.name}", "copy") for p in _images(source / "benchmark/Set5/image_SRF_4")
+                if p.stem.endswith(("_HR", "_LR"))]
+        # Set5 is kept byte for byte so the on-device eval equals the one here
+        return [Group("Set5 x4 (val)", set5, len(set5)), Group("T91", t91, len(t91)),
+                Group("BSD200", bsd, min_keep=50)]
+    if profile == "real":
+        root = source / "real/City100-iPhoneX-train"
+        hr = _images(root / "HR")
+        lr = {p.stem: p for p in _images(root / "LR")}
+        missing = [p.name for p in hr if p.stem not in lr]
+        if missing:
+            raise PackError(f"{root / 'LR'}: no LR image for {', '.join(missing[:5])}")
+        if len(hr) < 50:
+            raise PackError(f"{root}: {len(hr)} pairs, expected 50 (0-39 train, 40-49 validation)")
+
+        def pairs(sel: list[Path], folder: str) -> list[tuple[Path, str, str]]:
+            out = []
+            for p in sel:  # HR and LR of one pair side by side, so trimming drops whole pairs
+                out += [(p, f"{folder}/HR/{p.stem}.webp", "webp"), (lr[p.stem], f"{folder}/LR/{p.stem}.webp", "webp")]
+            return out
+
+        return [Group("City100 pairs 40-49 (val)", pairs(hr[40:50], "City100-val"), min_keep=4, unit=2),
+                Group("City100 pairs 0-39 (train)", pairs(hr[:40], "City100-train"), min_keep=40, trim_rank=1, unit=2)]
+    raise PackError(f"unknown profile {profile!r}: choose default or real")
+
+
+def encode(src: Path, how: str) -> bytes:
+    """Lossless bytes for ``src``: WebP whose decoded RGB equals the source's, or the source file itself."""
+    raw = src.read_bytes()
+    if how == "copy":
+        return raw
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as im:
+        rgb = im.convert("RGB")  # training reads every image as RGB
+    buf = io.BytesIO()
+    # method 4: as small as method 6 here (within 1%) at a fraction of the time
+    rgb.save(buf, format="WEBP", lossless=True, quality=100, method=4, exact=True)
+    data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as back:
+        same = np.array_equal(np.asarray(back.convert("RGB")), np.asarray(rgb))
+    if not same:
+        raise PackError(f"{src}: lossless WebP did not decode to the same pixels")
+    if src.suffix.lower() == ".png" and len(raw) <= len(data):
+        return raw  # the original PNG is smaller: keep it (the caller renames to .png)
+    return data
+
+
+def out_name(rel: str, data: bytes) -> str:
+    """``.webp`` names hold WebP; a kept PNG gets ``.png``."""
+    return rel[: -len(".webp")] + ".png" if rel.endswith(".webp") and data[:4] == b"\x89PNG" else rel
+
+
+def tree_bytes(repo: Path, carry: Path) -> tuple[int, int]:
+    """(bytes git would send from the checkout, bytes under ``carry``).
+
+    Outside a git checkout every file but ``.git`` and ``carry`` counts (an over-estimate).
+    """
+    try:
+        res = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "-c", "-o", "--exclude-standard"],
+                             capture_output=True, check=True)
+        names = {n for n in res.stdout.decode("utf-8", "surrogateescape").split("\0") if n}
+    except (OSError, subprocess.CalledProcessError):
+        names = {p.relative_to(repo).as_posix() for p in repo.rglob("*")
+                 if p.is_file() and not p.is_relative_to(carry) and ".git" not in p.relative_to(repo).parts}
+    repo_bytes = 0
+    for n in names:
+        p = repo / n
+        if p.is_file() and not p.is_symlink():
+            repo_bytes += p.stat().st_size
+    shared = repo / "shared"  # a shared/ inside the checkout travels too
+    if shared.is_dir():
+        repo_bytes += sum(p.stat().st_size for p in shared.rglob("*") if p.is_file() and not p.is_symlink())
+    carry_bytes = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file()) if carry.is_dir() else 0
+    return repo_bytes, carry_bytes
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="Example: python scripts/pack_training_data.py --profile default",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default", choices=["default", "real"],
+                    help="what to pack: default (T91 + BSD200 + Set5 x4) or real (City100 pairs) (default: default)")
+    ap.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets",
+                    help="the datasets folder (default: ../shared/datasets beside the repository)")
+    ap.add_argument("--repo", type=Path, default=REPO,
+                    help="the checkout whose travelling tree is measured, with its carry/ (default: this one)")
+    ap.add_argument("--dest", type=Path, default=None,
+                    help="output folder, owned by this script: other files in it are removed (default: REPO/carry/data)")
+    ap.add_argument("--budget-mib", type=float, default=64.0,
+                    help="the device tool's limit on the travelling tree, MiB (default: 64)")
+    ap.add_argument("--margin-mib", type=float, default=1.0,
+                    help="kept free under the budget for files added later (default: 1)")
+    ap.add_argument("--reserve-mib", type=float, default=0.0,
+                    help="MiB to count for files not there yet, e.g. 15.1 per fp16 lite weights file (default: 0)")
+    ap.add_argument("--dry-run", action="store_true", help="encode and measure, but write and delete nothing")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        return pack(args)
+    except PackError as exc:
+        print(f"pack_training_data: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def pack(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    repo: Path = args.repo.resolve()
+    carry = repo / "carry"
+    dest: Path = (args.dest or carry / "data").resolve()
+    source: Path = args.source.resolve()
+    groups = plan(args.profile, source)
+    manifest_path = dest / MANIFEST
+    if dest.is_dir() and any(dest.iterdir()) and not manifest_path.is_file():
+        raise PackError(f"{dest}: not empty and holds no {MANIFEST}: not a folder this script made; "
+                        "choose another --dest")
+    old: dict[str, dict] = {}
+    if manifest_path.is_file():
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8")).get("files", {})
+        except (ValueError, AttributeError):
+            old = {}
+
+    # 1. encode (or reuse) every planned file; keep the bytes of new ones in memory until the budget check
+    entries: list[list[tuple[str, dict, bytes | None]]] = []
+    total = sum(len(g.items) for g in groups)
+    bar = tqdm(total=total, desc=f"pack {args.profile}", unit="img", file=sys.stderr, disable=args.quiet)
+    for g in groups:
+        rows = []
+        for src, rel, how in g.items:
+            digest = sha256(src)
+            names = (rel, rel.removesuffix(".webp") + ".png") if rel.endswith(".webp") else (rel,)
+            hit = next(((n, old[n]) for n in names if n in old), None)  # by name: sources can be duplicates
+            if hit is not None and hit[1].get("source_sha256") == digest and hit[1].get("how") == how \
+                    and (dest / hit[0]).is_file() and (dest / hit[0]).stat().st_size == hit[1].get("bytes"):
+                rows.append((hit[0], hit[1], None))
+            else:
+                data = encode(src, how)
+                name = out_name(rel, data)
+                meta = {"source": src.relative_to(source).as_posix(), "source_sha256": digest, "how": how,
+                        "bytes": len(data)}
+                rows.append((name, meta, data))
+            bar.update(1)
+        entries.append(rows)
+    bar.close()
+
+    # 2. the budget: everything that travels, with this profile's files in place of carry/data's
+    repo_bytes, carry_bytes = tree_bytes(repo, carry)
+    in_dest = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) if dest.is_dir() else 0
+    other_carry = carry_bytes - in_dest if dest.is_relative_to(carry) else carry_bytes
+    limit = (args.budget_mib - args.margin_mib) * MIB
+    fixed = repo_bytes + other_carry + args.reserve_mib * MIB + 64 * 1024  # + the manifest
+    counts = [len(r) for r in entries]
+
+    def size() -> float:
+        return fixed + sum(e[1]["bytes"] for r, n in zip(entries, counts) for e in r[:n])
+
+    order = sorted(range(len(groups)), key=lambda i: groups[i].trim_rank)
+    for i in order:
+        while size() > limit and counts[i] - groups[i].unit >= groups[i].min_keep:
+            counts[i] -= groups[i].unit
+    over = size() > limit
+    print(f"{'group':28s} {'files':>11s} {'MiB':>8s}")
+    for g, r, n in zip(groups, entries, counts):
+        mib = sum(e[1]["bytes"] for e in r[:n]) / MIB
+        note = f"  (trimmed: {len(r) - n} dropped from the end)" if n < len(r) else ""
+        print(f"{g.name:28s} {n:5d}/{len(r):<5d} {mib:8.2f}{note}")
+    print(f"travelling tree: repository {repo_bytes / MIB:.2f} MiB + carry/ {(size() - repo_bytes) / MIB:.3f} MiB"
+          f" (reserve {args.reserve_mib:.2f}) = {size() / MIB:.3f} MiB of {args.budget_mib:g} MiB"
+          f" ({args.margin_mib:g} MiB margin)")
+    if over:
+        raise PackError(f"the travelling tree would be {size() / MIB:.2f} MiB, over {limit / MIB:.2f} MiB even after "
+                        "trimming: remove files from the checkout or carry/, or pack less")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+
+    # 3. write the kept files, drop everything else under dest, then the manifest
+    keep: dict[str, dict] = {}
+    for r, n in zip(entries, counts):
+        for name, meta, data in r[:n]:
+            if data is not None:
+                (dest / name).parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(dest / name) as tmp:
+                    tmp.write_bytes(data)
+            keep[name] = meta
+    if dest.is_dir():
+        for p in sorted(dest.rglob("*"), reverse=True):
+            rel = p.relative_to(dest).as_posix()
+            if p.is_file() and rel not in keep and rel != MANIFEST:
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                shutil.rmtree(p)
+    with atomic_path(manifest_path) as tmp:
+        tmp.write_text(json.dumps({"profile": args.profile, "files": dict(sorted(keep.items()))}, indent=1) + "\n",
+                       encoding="utf-8")
+    repo_bytes, carry_bytes = tree_bytes(repo, carry)
+    print(f"wrote {dest}: {len(keep)} files; travelling tree now {(repo_bytes + carry_bytes) / MIB:.2f} MiB "
+          f"(repository {repo_bytes / MIB:.2f} + carry/ {carry_bytes / MIB:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""scripts/device_train.sh and scripts/pack_training_data.py, end to end on a CPU.
+
+The device script runs its CPU smoke mode (DEVICE_TRAIN_SMOKE=1: fp32, 32-pixel
+patches, batch 2, a 4-step probe and 3 training steps) on a fake packed tree
+and a tiny-preset init file in tmp_path, so it touches neither carry/ nor
+src/hbpn/weights/. The packer runs on a fake datasets folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hbpn.config import get_preset
+from hbpn.hub import load_model, save_weights
+from hbpn.model import HBPN
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "device_train.sh"
+PACK = REPO / "scripts" / "pack_training_data.py"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+
+def _photo(rng: np.random.Generator, h: int, w: int) -> Image.Image:
+    """Smooth colour gradients plus noise: compresses like a photo, never like a flat image."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 3 + yy) % 256, (yy * 2) % 256, (xx + yy * 5) % 256], axis=-1)
+    img = base + rng.integers(-20, 21, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _fake_packed(root: Path) -> Path:
+    """carry/data as pack_training_data.py lays it out for the default profile, tiny."""
+    rng = np.random.default_rng(0)
+    for folder, n in (("train/T91", 2), ("train/BSD200", 2)):
+        (root / folder).mkdir(parents=True)
+        for i in range(n):
+            _photo(rng, 40, 48).save(root / folder / f"im{i}.webp", lossless=True)
+    set5 = root / "Set5" / "image_SRF_4"
+    set5.mkdir(parents=True)
+    for i in range(2):
+        hr = _photo(rng, 32, 40)
+        hr.save(set5 / f"img_00{i + 1}_SRF_4_HR.png")
+        hr.resize((10, 8), Image.BICUBIC).save(set5 / f"img_00{i + 1}_SRF_4_LR.png")
+    return root
+
+
+def _env(tmp_path: Path, data: Path, init: Path, out: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICE_TRAIN_")}
+    env.update(OUT=str(out), DEVICE_TRAIN_DATA=str(data), DEVICE_TRAIN_INIT=str(init),
+               DEVICE_TRAIN_WORK=str(tmp_path / "work"), DEVICE_TRAIN_SMOKE="1", PYTHON=sys.executable,
+               CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+
+
+@pytest.mark.slow
+def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
+    data = _fake_packed(tmp_path / "data")
+    init = tmp_path / "init.safetensors"
+    save_weights(HBPN(get_preset("tiny")), init)
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(SCRIPT), "default", "train.seed=7"], cwd=tmp_path,
+                         env=_env(tmp_path, data, init, out), capture_output=True, text=True, check=False, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    files = {p.name for p in out.iterdir()}
+    assert files == {"default.safetensors", "train.log", "log.jsonl", "config.yaml", "eval.md", "eval.json",
+                     "eval-init.json"}
+    assert len(files) <= 8  # the device tool brings back 8 files at most
+
+    model = load_model(out / "default.safetensors", device="cpu")
+    assert model.cfg == get_preset("tiny")  # the shape came from the init file (model.preset: null)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "default.safetensors"), framework="pt") as fh:
+        dtypes = {str(fh.get_tensor(k).dtype) for k in fh.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        meta = fh.metadata()
+    assert dtypes == {"torch.float16"}
+    assert meta["step"] == "3" and meta["trained_on"] == "cpu"
+
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["event"] == "end" and log[-1]["step"] == 3 and log[-1]["reason"] == "done"
+    assert any("val_psnr" in r for r in log)
+    cfg = (out / "config.yaml").read_text()
+    assert str(init) in cfg and str(data / "train" / "T91") in cfg and "seed: 7" in cfg  # overrides pass through
+
+    train_log = (out / "train.log").read_text()
+    assert "probe:" in train_log and "steps/s" in train_log and "== train: 3 steps" in train_log
+    report = json.loads((out / "eval.json").read_text())
+    before = json.loads((out / "eval-init.json").read_text())
+    text = json.dumps(report)
+    assert "Set5" in text and "psnr" in text.lower() and text != json.dumps(before)
+    assert "# before" in (out / "eval.md").read_text()
+
+
+def test_device_train_refuses_missing_inputs(tmp_path: Path) -> None:
+    """Fails in the checks before any training, naming what is missing, with status 2."""
+    data = _fake_packed(tmp_path / "data")
+    out = tmp_path / "out"
+    res = subprocess.run(["bash", str(SCRIPT), "default"], cwd=tmp_path,
+                         env=_env(tmp_path, data, tmp_path / "nope.safetensors", out),
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert res.returncode == 2 and "nope.safetensors: no such weights file" in res.stderr
+    init = tmp_path / "init.safetensors"
+    save_weights(HBPN(get_preset("tiny")), init)
+    res = subprocess.run(["bash", str(SCRIPT), "real"], cwd=tmp_path, env=_env(tmp_path, data, init, out),
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert res.returncode == 2 and "City100-val: missing" in res.stderr
+    res = subprocess.run(["bash", str(SCRIPT), "bogus"], cwd=tmp_path, env=_env(tmp_path, data, init, out),
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert res.returncode == 2 and "unknown profile 'bogus'" in res.stderr
+
+
+def _fake_datasets(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    (root / "train/T91").mkdir(parents=True)
+    (root / "train/BSD200").mkdir(parents=True)
+    for i in range(3):
+        _photo(rng, 30, 36).save(root / "train/T91" / f"t{i}.bmp")
+    shutil.copy(root / "train/T91/t0.bmp", root / "train/T91/t3.bmp")  # T91 has a duplicate too (t36, t65)
+    for i in range(60):  # 50 are kept at least when trimming
+        _photo(rng, 64, 64).save(root / "train/BSD200" / f"{100 + i}.png")
+    set5 = root / "benchmark/Set5/image_SRF_4"
+    set5.mkdir(parents=True)
+    for i in range(2):
+        _photo(rng, 16, 16).save(set5 / f"img_00{i}_SRF_4_HR.png")
+        _photo(rng, 4, 4).save(set5 / f"img_00{i}_SRF_4_LR.png")
+    return root
+
+
+def _pack(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(PACK), "--quiet", *args], capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_pack_lossless_idempotent_and_trimmed(tmp_path: Path) -> None:
+    src = _fake_datasets(tmp_path / "datasets")
+    checkout = tmp_path / "checkout"  # not a git checkout: every file in it counts
+    checkout.mkdir()
+    (checkout / "README.md").write_text("x" * 1000)
+    dest = checkout / "carry" / "data"
+    res = _pack("--source", str(src), "--repo", str(checkout), "--budget-mib", "1000")
+    assert res.returncode == 0, res.stderr
+    assert "travelling tree" in res.stdout
+    manifest = json.loads((dest / "MANIFEST.json").read_text())
+    assert manifest["profile"] == "default" and len(manifest["files"]) == 4 + 60 + 4
+    # lossless: every training image decodes to the source's RGB pixels
+    for rel, meta in manifest["files"].items():
+        a = np.asarray(Image.open(dest / rel).convert("RGB"))
+        b = np.asarray(Image.open(src / meta["source"]).convert("RGB"))
+        assert np.array_equal(a, b), rel
+    t91 = sorted(p.name for p in (dest / "train/T91").iterdir())
+    assert t91 == ["t0.webp", "t1.webp", "t2.webp", "t3.webp"]
+    set5 = dest / "Set5/image_SRF_4/img_000_SRF_4_HR.png"  # copied byte for byte
+    assert set5.read_bytes() == (src / "benchmark/Set5/image_SRF_4/img_000_SRF_4_HR.png").read_bytes()
+    # idempotent: a second run rewrites nothing
+    stamps = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file() and p.name != "MANIFEST.json"}
+    res = _pack("--source", str(src), "--repo", str(checkout), "--budget-mib", "1000")
+    assert res.returncode == 0, res.stderr
+    assert stamps == {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file() and p.name != "MANIFEST.json"}
+    assert json.loads((dest / "MANIFEST.json").read_text()) == manifest
+    # a budget just under what it needs: BSD200 trimmed from its end, the rest kept
+    need = float(res.stdout.split(" = ")[1].split(" MiB")[0])
+    bsd = sum((dest / r).stat().st_size for r in manifest["files"] if r.startswith("train/BSD200"))
+    budget = need + 1.0 - 5 * bsd / 60 / 2**20  # ~5 of the 60 BSD200 images too many (margin 1 MiB)
+    res = _pack("--source", str(src), "--repo", str(checkout), "--budget-mib", f"{budget:.6f}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "trimmed" in res.stdout
+    kept = sorted(p.stem for p in (dest / "train/BSD200").iterdir())
+    assert 50 <= len(kept) < 60 and kept == [str(100 + i) for i in range(len(kept))]
+    # far too small a budget: refused, nothing deleted
+    res = _pack("--source", str(src), "--repo", str(checkout), "--budget-mib", "1.01")
+    assert res.returncode == 2 and "over" in res.stderr
+    assert len(list((dest / "train/BSD200").iterdir())) == len(kept)
+
+
+def test_pack_refuses_foreign_dest_and_missing_source(tmp_path: Path) -> None:
+    src = _fake_datasets(tmp_path / "datasets")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    res = _pack("--source", str(src), "--dest", str(foreign))
+    assert res.returncode == 2 and "not a folder this script made" in res.stderr
+    assert (foreign / "keep.txt").read_text() == "precious"
+    res = _pack("--source", str(tmp_path / "nowhere"), "--dest", str(tmp_path / "d"))
+    assert res.returncode == 2 and "no such folder" in res.stderr
+
+
+def test_pack_real_keeps_withheld_pairs_apart(tmp_path: Path) -> None:
+    """City100 pairs 0-39 go to City100-train, 40-49 to City100-val; trimming drops validation pairs first."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "datasets" / "real" / "City100-iPhoneX-train"
+    for sub in ("HR", "LR"):
+        (root / sub).mkdir(parents=True)
+    for i in range(1, 51):
+        _photo(rng, 24, 32).save(root / "HR" / f"{i:03d}.png")
+        _photo(rng, 24, 32).save(root / "LR" / f"{i:03d}.png")
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    res = _pack("--profile", "real", "--source", str(tmp_path / "datasets"), "--repo", str(checkout),
+                "--budget-mib", "1000")
+    assert res.returncode == 0, res.stderr
+    dest = checkout / "carry" / "data"
+
+    def names(folder: Path) -> list[str]:
+        return sorted(p.stem for p in folder.iterdir())
+
+    assert names(dest / "City100-train/HR") == names(dest / "City100-train/LR") == [f"{i:03d}" for i in range(1, 41)]
+    assert names(dest / "City100-val/HR") == names(dest / "City100-val/LR") == [f"{i:03d}" for i in range(41, 51)]
+    need = float(res.stdout.split(" = ")[1].split(" MiB")[0])
+    pair = sum(p.stat().st_size for p in (dest / "City100-val").rglob("*.*")) / 10 / 2**20
+    res = _pack("--profile", "real", "--source", str(tmp_path / "datasets"), "--repo", str(checkout),
+                "--budget-mib", f"{need + 1.0 - 3.5 * pair:.6f}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    val = names(dest / "City100-val/HR")
+    assert 2 <= len(val) <= 7 and val == [f"{i:03d}" for i in range(41, 41 + len(val))]
+    assert names(dest / "City100-train/HR") == [f"{i:03d}" for i in range(1, 41)]
+    assert names(dest / "City100-val/LR") == val

@@ -185,6 +185,45 @@ def test_missing_or_empty_dir_is_one_line_and_exit_2(tmp_path: Path, make: str,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("out", ["file", "file/sub", "/proc/hbpn-nope"])
+def test_bad_out_fails_before_any_scoring(hr_dir: Path, tmp_path: Path, out: str,
+                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    if out.startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("no /proc on this system")
+    (tmp_path / "file").write_text("not a folder")
+    target = out if out.startswith("/") else str(tmp_path / out)
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scored before the output folder was checked")
+
+    monkeypatch.setattr("hbpn.evaluate.evaluate", must_not_run)
+    rc = main(["eval", "bicubic", "--data", f"S={hr_dir}", "--scale", "2", "--out", target, "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hbpn eval: error:") and target in err and len(err.splitlines()) == 1
+
+
+def test_report_file_in_the_way_is_found_first(hr_dir: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "r" / "report.md").mkdir(parents=True)
+    rc = main(["eval", "bicubic", "--data", f"S={hr_dir}", "--scale", "2", "--out", str(tmp_path / "r"), "--quiet"])
+    assert rc == 2 and "report.md" in capsys.readouterr().err
+
+
+def test_data_set_names_become_safe_distinct_file_names(hr_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    names = ["a/b", "a\\b", "a_b", "../up"]
+    argv = ["eval", "bicubic", "--scale", "2", "--out", str(out), "--quiet", "--samples", "1"]
+    for n in names:
+        argv += ["--data", f"{n}={hr_dir}"]
+    assert main(argv) == 0
+    pics = sorted(p.name for p in (out / "pictures").iterdir())
+    assert pics == ["a_b_x2-2_compare.png", "a_b_x2-3_compare.png", "a_b_x2_compare.png", "up_x2_compare.png"]
+    assert not (tmp_path / "up_x2_compare.png").exists()
+    md = (out / "report.md").read_text()
+    assert all(f"pictures/{p}" in md for p in pics)
+
+
 @pytest.mark.parametrize("argv", [["--data", "nodir"], ["--data", "S=x", "--scale", "2,x"], ["--data", "S=x", "--limit", "0"]])
 def test_malformed_arguments_are_argparse_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:

@@ -115,6 +115,19 @@ def test_bad_input(sr: np.ndarray, hr: np.ndarray, kwargs: dict, match: str) -> 
         psnr(sr, hr, **kwargs)
 
 
+@pytest.mark.parametrize("fn", [psnr, ssim])
+def test_float_on_the_255_scale_is_refused(fn) -> None:
+    a = np.linspace(0, 255, 16 * 16).reshape(16, 16)  # float, but [0, 255]: x255 again would be nonsense
+    with pytest.raises(ValueError, match=r"sr: float images must be in \[0, 1\].*255"):
+        fn(a, a / 255.0)
+    with pytest.raises(ValueError, match=r"hr: float images must be in \[0, 1\]"):
+        fn(a / 255.0, a.astype(np.float32))
+    # rounding slack just above 1 is still accepted, and scores like the clipped image
+    b = a / 255.0
+    b[0, 0] = 1.0005
+    assert np.isfinite(psnr(b, a / 255.0))
+
+
 def test_non_array_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="sr must be a numpy array"):
         psnr([[1, 2]], np.zeros((1, 2)))  # type: ignore[arg-type]

@@ -73,7 +73,13 @@ class HBPNConfig:
             raise ValueError(f"unknown model config key(s): {', '.join(unknown)}")
         kwargs = dict(data)
         if "widths" in kwargs:
-            kwargs["widths"] = tuple(kwargs["widths"])
+            widths = kwargs["widths"]
+            # int() in __post_init__ would quietly turn 8.7 or "8" into 8: check each item here.
+            if not isinstance(widths, (list, tuple)) or any(
+                not isinstance(w, int) or isinstance(w, bool) for w in widths
+            ):
+                raise ValueError(f"model config key 'widths' must be a list of ints, got {widths!r}")
+            kwargs["widths"] = tuple(widths)
         for key in ("stem_width", "stages", "unshuffle", "colors"):
             value = kwargs.get(key, 0)
             if not isinstance(value, int) or isinstance(value, bool):

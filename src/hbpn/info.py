@@ -5,13 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from .config import get_preset
+from .errors import HBPNError
 from .model import HBPN, count_parameters, macs_per_megapixel
 
 
 def describe(source: str | None = None, preset: str | None = None) -> dict[str, Any]:
-    """Config, parameter count, GMACs per output megapixel, and metadata of a model."""
+    """Config, parameter count, GMACs per output megapixel, and metadata of a model.
+
+    Describes the preset ``preset`` (random weights) or the weights ``source``
+    (None: the shipped default), not both.
+
+    Raises:
+        HBPNError: both given, an unknown preset, or weights that cannot be loaded.
+    """
+    if preset is not None and source is not None:
+        raise HBPNError(f"describe weights ({source!r}) or a preset ({preset!r}), not both")
     if preset is not None:
-        model, name, meta = HBPN(get_preset(preset)), f"preset {preset}", {}
+        try:
+            cfg = get_preset(preset)
+        except ValueError as exc:  # get_preset's message lists the choices
+            raise HBPNError(str(exc)) from None
+        model, name, meta = HBPN(cfg), f"preset {preset}", {}
     else:
         from .hub import load_model
 

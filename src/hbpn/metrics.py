@@ -37,7 +37,11 @@ _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
 def to_255(img: np.ndarray, name: str = "image") -> np.ndarray:
-    """An image as float64 on the [0, 255] scale, H x W x C (uint8 as is, float x 255)."""
+    """An image as float64 on the [0, 255] scale, H x W x C (uint8 as is, float in [0, 1] x 255).
+
+    Raises:
+        ValueError: float input above 1 (a [0, 255] float image), a bad shape or dtype.
+    """
     if not isinstance(img, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(img).__name__}")
     if img.ndim == 2:
@@ -47,6 +51,11 @@ def to_255(img: np.ndarray, name: str = "image") -> np.ndarray:
     if img.dtype == np.uint8:
         return img.astype(np.float64)
     if np.issubdtype(img.dtype, np.floating):
+        # A float image already on [0, 255] would be scaled twice and score nonsense without a word.
+        peak = float(np.nanmax(img)) if img.size else 0.0
+        if peak > 1.0 + 1e-3:
+            raise ValueError(f"{name}: float images must be in [0, 1], got a maximum of {peak:g} "
+                             "(convert [0, 255] data to uint8 or divide by 255)")
         return img.astype(np.float64) * 255.0
     raise ValueError(f"{name} must be uint8 or float in [0, 1], got dtype {img.dtype}")
 

@@ -9,10 +9,18 @@ import csv
 import json
 import math
 import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import HBPNError
 from .evaluate import EvalReport, Score, SetResult, iter_means
 from .fileio import atomic_path
+
+#: What write_report puts in the folder: name -> whether it is a folder.
+_OUTPUTS = {"report.md": False, "report.csv": False, "report.json": False, "pictures": True}
 
 _CONVENTIONS = (
     "Benchmark sets: PSNR/SSIM on Y (BT.601, MATLAB rgb2ycbcr) with `scale` pixels cropped on every border, "
@@ -140,17 +148,76 @@ def csv_rows(report: EvalReport) -> list[dict[str, object]]:
     return rows
 
 
-def write_report(report: EvalReport, out_dir: str | os.PathLike[str], *, pictures: bool = True) -> list[Path]:
-    """Write ``report.md``, ``report.csv``, ``report.json`` (and pictures) into ``out_dir``; returns the paths."""
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise HBPNError(f"{out} exists and is not a folder")
+    for name, is_dir in _OUTPUTS.items():
+        target = out / name
+        if target.exists() and target.is_dir() != is_dir:
+            raise HBPNError(f"{target} is in the way: it should be a {'folder' if is_dir else 'file'}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".hbpn-write-check-"):
+            pass
+    except OSError as exc:
+        raise HBPNError(f"cannot write reports into {out}: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def report_folder(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``out_dir`` and check it takes files *before* the long scoring done in the ``with`` block.
+
+    A bad folder then costs nothing (:class:`HBPNError`). If the block fails,
+    the folders this created are removed again while still empty.
+    """
     out = Path(out_dir)
+    missing = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        _check_out_dir(out)
+        yield out
+    except BaseException:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def file_stem(text: str) -> str:
+    """``text`` made safe as part of a file name on any system (data set names come from users)."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("._") or "set"
+
+
+def write_report(report: EvalReport, out_dir: str | os.PathLike[str], *, pictures: bool = True) -> list[Path]:
+    """Write ``report.md``, ``report.csv``, ``report.json`` (and pictures) into ``out_dir``; returns the paths.
+
+    Raises:
+        HBPNError: a file cannot be written (the message names it).
+    """
+    try:
+        return _write_report(report, Path(out_dir), pictures)
+    except OSError as exc:
+        where = exc.filename or out_dir
+        raise HBPNError(f"cannot write the report into {where}: {exc.strerror or exc}") from None
+
+
+def _write_report(report: EvalReport, out: Path, pictures: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     pics: dict[str, list[str]] = {}
     if pictures:
         from .pictures import write_pictures
 
+        stems: set[str] = set()
         for s in report.sets:
-            paths = write_pictures(s, out / "pictures", _set_title(s).replace(" ", "_").replace("(", "").replace(")", ""))
+            stem = base = file_stem(_set_title(s))
+            n = 1
+            while stem in stems:  # "a/b" and "a_b" must not overwrite each other's pictures
+                n += 1
+                stem = f"{base}-{n}"
+            stems.add(stem)
+            paths = write_pictures(s, out / "pictures", stem)
             pics[_set_title(s)] = [p.relative_to(out).as_posix() for p in paths]
             written += paths
     with atomic_path(out / "report.json") as tmp:

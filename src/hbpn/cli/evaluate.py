@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import HBPNError
     from ..evaluate import evaluate
-    from ..report import format_table, write_report
+    from ..report import format_table, report_folder, write_report
 
     names = [name for name, _ in args.data]
     if len(set(names)) != len(names):
@@ -101,17 +101,18 @@ def run(args: argparse.Namespace) -> int:
     def progress(it: Iterable[T], desc: str, total: int) -> Iterable[T]:
         return tqdm(it, desc=desc, total=total, unit="img", file=sys.stderr, disable=args.quiet, leave=False)
 
-    report = evaluate(
-        model, dict(args.data), args.scale, model_name=args.model, ensemble=args.ensemble, tile=args.tile,
-        crop=args.crop, limit=args.limit, samples=args.samples, progress=progress,
-    )
+    # --out is made and checked first: a bad folder found after the scoring would throw the scoring away.
+    with report_folder(args.out) as out:
+        report = evaluate(
+            model, dict(args.data), args.scale, model_name=args.model, ensemble=args.ensemble, tile=args.tile,
+            crop=args.crop, limit=args.limit, samples=args.samples, progress=progress,
+        )
     for s in report.sets:
         for note in s.notes:
             print(f"hbpn eval: note: {s.dataset}: {note}", file=sys.stderr)
     for item in report.skipped:
         print(f"hbpn eval: skipped {item}", file=sys.stderr)
-    paths = write_report(report, args.out, pictures=args.samples > 0)
-    print(format_table(report))
-    print(f"\nreport: {paths[-1]} (+ {len(paths) - 1} more files in {args.out})")
+    print(format_table(report))  # before writing: should writing still fail, the figures are shown
+    paths = write_report(report, out, pictures=args.samples > 0)
+    print(f"\nreport: {paths[-1]} (+ {len(paths) - 1} more files in {out})")
     return 1 if report.skipped else 0
-

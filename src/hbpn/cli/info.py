@@ -17,14 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", nargs="?", default=None, help="shipped name or .safetensors file (default: default)")
-    p.add_argument("--preset", help="describe a preset (random weights) instead of a weights file")
+    p.add_argument("--preset", help="describe a preset (random weights) instead of a weights file; not with MODEL")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import HBPNError
     from ..info import describe
 
+    if args.model is not None and args.preset is not None:
+        raise HBPNError(f"give MODEL or --preset, not both (got {args.model!r} and --preset {args.preset})")
     info = describe(args.model, preset=args.preset)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))

@@ -27,7 +27,7 @@ from hbpn.config import get_preset  # noqa: E402
 from hbpn.errors import HBPNError  # noqa: E402
 from hbpn.hub import load_model, save_weights  # noqa: E402
 from hbpn.model import HBPN  # noqa: E402
-from hbpn.serve import create_app  # noqa: E402
+from hbpn.serve import LOCAL_HOSTS, create_app  # noqa: E402
 from hbpn.upscale import target_size  # noqa: E402
 from hbpn.serve_jobs import JobError, ModelSlot, ServeLimits, encode_image, load_models, output_size  # noqa: E402
 
@@ -39,10 +39,15 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def app_for(models: dict[str, HBPN], limits: ServeLimits | None = None):
+    """The service as the tests reach it: TestClient sends ``Host: testserver``."""
+    return create_app(models, limits, allowed_hosts=[*LOCAL_HOSTS, "testserver"])
+
+
 @pytest.fixture(scope="module")
 def client(weights: Path):
     limits = ServeLimits(max_upload_bytes=200_000, max_pixels=5000)
-    app = create_app({"tiny": load_model(weights, device="cpu")}, limits)
+    app = app_for({"tiny": load_model(weights, device="cpu")}, limits)
     with TestClient(app) as c:
         yield c
 
@@ -67,11 +72,19 @@ def png_claiming(w: int, h: int) -> bytes:
     return bytes(data)
 
 
-def post(client: TestClient, data: bytes, scale: str | float = 2, model: str | None = None, name: str = "a.png"):
+def post(
+    client: TestClient,
+    data: bytes,
+    scale: str | float = 2,
+    model: str | None = None,
+    name: str = "a.png",
+    headers: dict[str, str] | None = None,
+):
     fields = {"scale": str(scale)}
     if model is not None:
         fields["model"] = model
-    return client.post("/api/upscale", files={"image": (name, data, "application/octet-stream")}, data=fields)
+    files = {"image": (name, data, "application/octet-stream")}
+    return client.post("/api/upscale", files=files, data=fields, headers=headers)
 
 
 def detail(response) -> str:
@@ -243,23 +256,81 @@ def test_service_survives_every_bad_request(client: TestClient) -> None:
     assert post(client, image_bytes(8, 8), 2).status_code == 200
 
 
+def test_postscript_is_refused_unparsed(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import EpsImagePlugin
+
+    ran: list[object] = []
+
+    def ghostscript(*args: object, **kwargs: object) -> None:  # Pillow renders EPS by running gs
+        ran.append(args)
+        raise OSError("ghostscript must not run on an upload")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n0 0 moveto 8 8 lineto stroke\n%%EOF\n"
+    assert Image.open(io.BytesIO(eps)).format == "EPS"  # Pillow alone would take it
+    r = post(client, eps, name="a.eps")
+    assert r.status_code == 400 and "not an image this server can read" in detail(r)
+    assert not ran
+
+
+def test_foreign_host_header_is_refused(weights: Path) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    app = create_app({"tiny": load_model(weights, device="cpu")})  # the default: this machine's names only
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/api/health").status_code == 200
+        for host in ("localhost:8000", "[::1]:8000", "LOCALHOST"):
+            assert c.get("/api/health", headers={"host": host}).status_code == 200, host
+        for host in ("evil.example", "evil.example:8000", "testserver", "127.0.0.1.evil.example"):
+            r = c.get("/api/health", headers={"host": host})
+            assert r.status_code == 400, host
+        assert post(c, image_bytes(8, 8), headers={"host": "evil.example"}).status_code == 400
+    open_app = create_app({"tiny": load_model(weights, device="cpu")}, allowed_hosts=["*"])
+    with TestClient(open_app, base_url="http://192.0.2.7:8000") as c:
+        assert c.get("/api/health", headers={"host": "any.name"}).status_code == 200
+
+
+def test_cross_origin_posts_are_403(client: TestClient) -> None:
+    """CSRF: any web page may POST a form here; the browser then says where it came from."""
+    for origin in ("http://evil.example", "null", "http://testserver:8080", "https://testserver", "http://[::1"):
+        r = post(client, image_bytes(8, 8), headers={"origin": origin})
+        assert r.status_code == 403, (origin, r.text)
+        assert "cross-origin" in detail(r) and origin in detail(r)
+    r = client.post("/api/upscale", content=bytes(3_000_000), headers={"origin": "http://evil.example"})
+    assert r.status_code == 403  # refused before the body is looked at
+    assert client.get("/api/health", headers={"origin": "http://evil.example"}).status_code == 200
+    for origin in ("http://testserver", "HTTP://TestServer", "http://testserver:80"):
+        assert post(client, image_bytes(8, 8), headers={"origin": origin}).status_code == 200, origin
+    assert post(client, image_bytes(8, 8)).status_code == 200  # curl and scripts send no Origin
+
+
 # -- concurrency and failures ----------------------------------------------------------------------
 
 
-def test_flood_gets_503_with_retry_after_and_recovers(weights: Path) -> None:
+def held_model(weights: Path) -> tuple[HBPN, threading.Event]:
+    """A model whose every forward pass waits until the returned event is set."""
     model = load_model(weights, device="cpu")
     release = threading.Event()
 
-    def hold(*_: object) -> None:  # the model is busy until released
+    def hold(*_: object) -> None:
         release.wait(30)
 
     model.stem.register_forward_pre_hook(hold)
-    app = create_app({"slow": model}, ServeLimits(queue=1))
+    return model, release
+
+
+def wait_for(check, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_flood_gets_503_with_retry_after_and_recovers(weights: Path) -> None:
+    model, release = held_model(weights)
+    app = app_for({"slow": model}, ServeLimits(queue=1))
     with TestClient(app) as c, ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(post, c, image_bytes(8, 8, seed=i), 2) for i in range(6)]
-        deadline = time.monotonic() + 30
-        while sum(f.done() for f in futures) < 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: sum(f.done() for f in futures) >= 4)
         # one job runs, one waits, four were turned away; the event loop still answers meanwhile
         busy = c.get("/api/health").json()["queue"]["slow"]
         release.set()
@@ -275,6 +346,29 @@ def test_flood_gets_503_with_retry_after_and_recovers(weights: Path) -> None:
         assert post(c, image_bytes(8, 8), 2).status_code == 200
 
 
+def test_a_refused_upload_is_never_read_into_memory(weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.datastructures import UploadFile
+
+    reads: list[int] = []
+    read = UploadFile.read
+
+    async def counting_read(self: UploadFile, size: int = -1) -> bytes:
+        reads.append(size)
+        return await read(self, size)
+
+    monkeypatch.setattr(UploadFile, "read", counting_read)
+    model, release = held_model(weights)
+    app = app_for({"slow": model}, ServeLimits(queue=0))
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, c, image_bytes(8, 8), 2)
+        wait_for(lambda: c.get("/api/health").json()["queue"]["slow"]["running"] == 1)
+        refused = post(c, image_bytes(8, 8, seed=1), 2)
+        release.set()
+        assert first.result(timeout=30).status_code == 200
+    assert refused.status_code == 503
+    assert len(reads) == 1, f"the refused upload was read too: {reads}"
+
+
 def test_model_failure_is_500_and_the_service_stays_up(weights: Path) -> None:
     model = load_model(weights, device="cpu")
 
@@ -282,7 +376,7 @@ def test_model_failure_is_500_and_the_service_stays_up(weights: Path) -> None:
         raise RuntimeError("simulated out of memory")
 
     model.stem.register_forward_pre_hook(boom)
-    with TestClient(create_app({"broken": model}), raise_server_exceptions=False) as c:
+    with TestClient(app_for({"broken": model}), raise_server_exceptions=False) as c:
         r = post(c, image_bytes(8, 8), 2)
         assert r.status_code == 500 and "failed" in detail(r)
         assert c.get("/api/health").json()["queue"]["broken"]["running"] == 0
@@ -336,7 +430,9 @@ def test_cli_builds_the_app_and_runs_uvicorn(weights: Path, monkeypatch: pytest.
     host, port = seen["address"]
     assert host == "127.0.0.1" and port > 0
     assert f"http://127.0.0.1:{port}/" in capsys.readouterr().err
-    with TestClient(seen["app"]) as c:
+    with TestClient(seen["app"], base_url=f"http://127.0.0.1:{port}") as c:
+        assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 400
+        assert post(c, image_bytes(8, 8), 2, headers={"origin": "http://evil.example"}).status_code == 403
         h = c.get("/api/health").json()
         assert post(c, image_bytes(8, 8), 2).status_code == 200
         assert post(c, image_bytes(9, 9), 2).status_code == 413  # 18 x 18 > 300 pixels
@@ -351,3 +447,22 @@ def test_cli_builds_the_app_and_runs_uvicorn(weights: Path, monkeypatch: pytest.
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--help"])
     assert exc.value.code == 0 and "curl" in capsys.readouterr().out
+
+
+def test_cli_on_every_address_accepts_any_host_but_warns(
+    weights: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: seen.update(app=self.config.app))
+    assert main(["serve", "-m", str(weights), "--host", "0.0.0.0", "--port", "0"]) == 0
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+    with TestClient(seen["app"], base_url="http://192.0.2.7:8000") as c:  # reached by a LAN address
+        assert c.get("/api/health").status_code == 200
+        assert post(c, image_bytes(8, 8), 2, headers={"origin": "http://192.0.2.7:8000"}).status_code == 200
+        assert post(c, image_bytes(8, 8), 2, headers={"origin": "http://evil.example"}).status_code == 403
+    assert main(["serve", "-m", str(weights), "--host", "127.0.0.2", "--port", "0"]) == 0
+    with TestClient(seen["app"], base_url="http://127.0.0.2:8000") as c:  # a loopback --host is allowed as well
+        assert c.get("/api/health").status_code == 200
+        assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 400

@@ -10,8 +10,11 @@
   their pages load scripts from a CDN, and this service works offline.
 
 Every refusal is JSON ``{"detail": "message"}`` with a 4xx status (503 with
-Retry-After when a model's queue is full); the upscale itself runs in a worker
-thread, one job per model at a time, so the event loop stays responsive.
+Retry-After when a model's queue is full), except a request for a host name
+the service does not answer to: Starlette's plain-text 400 "Invalid host
+header" (against DNS rebinding). A POST from a page of another origin gets 403
+(against cross-site form posts). The upscale itself runs in a worker thread,
+one job per model at a time, so the event loop stays responsive.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterable, Mapping
 from importlib import resources
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
@@ -53,6 +60,9 @@ _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'",
     "X-Content-Type-Options": "nosniff",
 }
+#: The names this machine answers to itself: what a local service accepts in Host.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class _BodyLimit:
@@ -97,6 +107,57 @@ class _BodyLimit:
         await self.app(scope, counting_receive, send)
 
 
+def _origin_key(scheme: str, netloc: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) with the default port filled in; None where ``netloc`` is not host[:port]."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        host, port = parts.hostname, parts.port  # .port raises on a bad one
+    except ValueError:
+        return None
+    if not host or parts.username is not None or parts.path or parts.query or parts.fragment:
+        return None
+    scheme = scheme.lower()
+    return scheme, host, port if port is not None else _DEFAULT_PORTS.get(scheme)
+
+
+class _SameOrigin:
+    """Answer 403 to a POST (or other unsafe method) whose Origin header is not this server's.
+
+    Browsers send Origin on every cross-site POST, including plain HTML forms,
+    which need no CORS permission to be sent; so without this check any web
+    page could make a visitor's browser use a service on their 127.0.0.1.
+    Clients that send no Origin (curl, scripts) are not browsers acting for a
+    page, and pass. "This server" is the scheme and the Host header, which the
+    host check has already vetted.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is not None:
+            own = _origin_key(scope.get("scheme", "http"), headers.get("host", ""))
+            scheme, sep, netloc = origin.partition("://")  # "null" (sandboxed pages, file:) has none
+            if own is None or not sep or _origin_key(scheme, netloc) != own:
+                server = f"{scope.get('scheme', 'http')}://{headers.get('host', '?')}"
+                message = f"cross-origin request refused: Origin {origin} is not this server ({server})"
+                await JSONResponse({"detail": message}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_patterns(hosts: Iterable[str]) -> list[str]:
+    """Host names as the Host header carries them: an IPv6 address in brackets."""
+    if isinstance(hosts, str):  # one name, not its letters
+        hosts = [hosts]
+    return [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in hosts]
+
+
 def _static(name: str) -> bytes:
     return (resources.files("hbpn") / "static" / name).read_bytes()
 
@@ -120,11 +181,15 @@ def create_app(
     *,
     tile: int | str | None = None,
     precision: str | None = None,
+    allowed_hosts: Iterable[str] = LOCAL_HOSTS,
 ) -> FastAPI:
     """The service for ``models`` (name -> loaded HBPN; the first is the default).
 
     ``tile`` and ``precision`` are passed to :func:`hbpn.upscale.upscale`
-    (``tile=None``: its default).
+    (``tile=None``: its default). ``allowed_hosts`` are the names the service
+    answers to in the Host header (any port); others get 400, so a web page
+    cannot reach it under its own domain by DNS rebinding. ``["*"]`` allows any
+    name, for a service reached over the network under names it cannot know.
     """
     if not models:
         raise HBPNError("no models to serve")
@@ -140,7 +205,10 @@ def create_app(
         docs_url=None,  # Swagger UI and ReDoc load from a CDN; /openapi.json stays
         redoc_url=None,
     )
+    # The last added runs first: the Host, then the Origin, then the body size.
     app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes + _FORM_OVERHEAD)
+    app.add_middleware(_SameOrigin)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=_host_patterns(allowed_hosts), www_redirect=False)
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -211,14 +279,15 @@ def create_app(
             raise JobError(
                 413, f"{image.filename}: the upload is over this server's limit of {limits.max_upload_bytes} bytes"
             )
-        data = await image.read(limits.max_upload_bytes + 1)
         stem = _safe_stem(image.filename)
         kwargs: dict[str, Any] = {"ensemble": ensemble, "precision": precision}
         if tile is not None:
             kwargs["tile"] = tile
-        slot.enter()  # 503 here when the queue is full, before any decoding
+        # Admit first: a burst turned away with 503 must not hold its uploads in memory meanwhile.
+        slot.enter()
         try:
             start = time.perf_counter()
+            data = await image.read(limits.max_upload_bytes + 1)
             body, media, ext, in_size, out_size = await run_in_threadpool(
                 _job, slot, data, scale, limits, image.filename or "upload", kwargs
             )

@@ -155,6 +155,11 @@ def _megapixels(n: int) -> str:
     return f"{n / 1e6:.1f} MP" if n >= 100_000 else f"{n} pixels"
 
 
+#: The formats an upload may be in. Pillow would otherwise try every plugin it has on
+#: untrusted bytes, EPS among them, whose load() runs Ghostscript where it is installed.
+UPLOAD_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "TGA")
+
+
 def decode_image(data: bytes, scale: float, limits: ServeLimits, filename: str = "upload") -> Image.Image:
     """Decode an upload fully, refusing empty, non-image, truncated and too-large ones.
 
@@ -166,11 +171,13 @@ def decode_image(data: bytes, scale: float, limits: ServeLimits, filename: str =
     if len(data) > limits.max_upload_bytes:
         raise JobError(413, f"{filename}: {len(data)} bytes is over the upload limit of {limits.max_upload_bytes}")
     try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
     except Image.DecompressionBombError as exc:
         raise JobError(413, f"{filename}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise JobError(400, f"{filename}: not an image this server can read (PNG, JPEG, WebP, TIFF...)") from None
+        raise JobError(
+            400, f"{filename}: not an image this server can read ({', '.join(UPLOAD_FORMATS)})"
+        ) from None
     except Exception as exc:  # Pillow's plugins raise many types on bad headers; all mean "unreadable"
         raise JobError(400, f"{filename}: cannot read the image ({type(exc).__name__}: {exc})") from None
     w, h = img.size  # the pixel count does not depend on the EXIF orientation

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from ..serve import create_app
+        from ..serve import LOCAL_HOSTS, create_app
         from ..serve_jobs import ServeLimits, load_models
     except ModuleNotFoundError as exc:
         raise HBPNError(f"hbpn serve needs {exc.name}: pip install 'hbpn[serve]'") from None
@@ -125,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_pixels=args.max_pixels, queue=args.queue
     )
     models = load_models(args.models or ["default"], device=args.device)
-    app = create_app(models, limits, tile=args.tile, precision=args.precision)
+    # On a loopback address only this machine's own names are answered (no DNS rebinding); on
+    # 0.0.0.0 or a network address, other machines use names this process cannot know.
+    hosts = [*LOCAL_HOSTS, args.host] if _is_loopback(args.host) else ["*"]
+    app = create_app(models, limits, tile=args.tile, precision=args.precision, allowed_hosts=hosts)
     sock = _listen(args.host, args.port)
     port = sock.getsockname()[1]  # --port 0 picks a free one
     if not _is_loopback(args.host):

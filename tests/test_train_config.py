@@ -16,7 +16,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATA = {"data": {"hr_dirs": ["/nowhere"]}}
 
 
-@pytest.mark.parametrize("name", ["paper", "smoke", "cpu-small", "real-cpu"])
+@pytest.mark.parametrize("name", ["paper", "smoke", "cpu-small", "real-cpu", "default-cpu", "device-h100",
+                                  "device-real-h100"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -55,6 +56,15 @@ def test_real_config_withholds_the_last_ten_pairs() -> None:
         ({"model": {"preset": "huge"}}, "unknown preset 'huge'"),
         ({"train": {"accumulate": {0: 0}}}, "config key 'train.accumulate'"),
         ({"data": {"hr_dirs": ["a"], "paired_dir": "b"}}, "both set"),
+        ({"degrade": {"blur_sigma": [0, 1]}}, "config key 'degrade.blur_sigma' must be [lo, hi], 0 < lo <= hi"),
+        ({"degrade": {"aniso_sigma": [-1, 2]}}, "config key 'degrade.aniso_sigma'"),
+        ({"degrade": {"noise_sigma": [5, 1]}}, "config key 'degrade.noise_sigma'"),
+        ({"degrade": {"jpeg_quality": [0, 90]}}, "config key 'degrade.jpeg_quality' must be [lo, hi], 1 <= lo"),
+        ({"degrade": {"jpeg_quality": [90, 30]}}, "config key 'degrade.jpeg_quality'"),
+        ({"degrade": {"jpeg_quality": [50, 101]}}, "config key 'degrade.jpeg_quality'"),
+        ({"optim": {"grad_clip": 0}}, "config key 'optim.grad_clip' must be positive or null"),
+        ({"optim": {"grad_clip": -1.0}}, "config key 'optim.grad_clip'"),
+        ({"optim": {"betas": [0.9, 1.0]}}, "config key 'optim.betas'"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, message: str) -> None:
@@ -62,6 +72,12 @@ def test_bad_values_name_the_key(data: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict(merged)
     assert message in str(info.value)
+
+
+def test_valid_ranges_pass() -> None:
+    cfg = config_from_dict({**DATA, "optim": {"grad_clip": None},
+                            "degrade": {"blur_sigma": [0.5, 0.5], "jpeg_quality": [1, 100], "noise_sigma": [0.1, 20]}})
+    assert cfg.degrade.jpeg_quality == (1, 100) and cfg.optim.grad_clip is None
 
 
 def test_missing_data_is_an_error() -> None:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 EPILOG = """\
@@ -17,7 +21,8 @@ Examples:
 Writes into --out: last.safetensors (the model; EMA weights when train.ema is set),
 best.safetensors (best validation PSNR), state.pt (for --resume), config.yaml,
 log.jsonl (step, loss, lr, val metrics, elapsed seconds) and tb/ (TensorBoard).
-Ctrl-C writes a checkpoint and exits with status 130. See docs/TRAINING.md.
+Ctrl-C or SIGTERM (kill PID) writes a checkpoint and exits with status 130; a
+second hbpn train on the same --out is refused. See docs/TRAINING.md.
 """
 
 
@@ -65,10 +70,58 @@ def run(args: argparse.Namespace) -> int:
 
         tqdm.write(f"hbpn train: {msg}", file=sys.stderr)
 
-    result = Trainer(cfg, out, resume=args.resume, echo=echo).run()
+    trainer = Trainer(cfg, out, resume=args.resume, echo=echo)
+    with _exclusive(out, rank), _on_sigterm(trainer.stop_requested.set):
+        result = trainer.run()
     if rank == 0:
         why = {"done": "finished", "time": "stopped at train.max_minutes"}.get(result.reason, result.reason)
         best = f"; best val PSNR {result.best_psnr:.3f} dB in {out / 'best.safetensors'}" if result.best_psnr else ""
         loss = f", last loss {result.last_loss:.5f}" if result.last_loss is not None else ""
         print(f"{why} at step {result.step}{loss}: weights in {out / 'last.safetensors'}{best}")
     return 0
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path, rank: int) -> Iterator[None]:
+    """Hold a lock on the run folder: two trainers writing one folder would corrupt it."""
+    from ..errors import HBPNError
+
+    if rank != 0:  # under torchrun only rank 0 writes
+        yield
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_RDONLY)
+    except OSError as exc:
+        raise HBPNError(f"{out}: cannot use as the run folder ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HBPNError(f"{out}: another hbpn train is writing to this folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _on_sigterm(request_stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM (a job scheduler, `kill`) stops like Ctrl-C: a final checkpoint is written.
+
+    The handler only asks the loop to stop; the loop stops between steps, so a
+    signal never lands in the middle of an optimizer update. Background jobs
+    started from a non-interactive shell ignore SIGINT, so this is the way to
+    stop them cleanly.
+    """
+    def handler(signum: int, frame: object) -> None:
+        request_stop()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,6 +9,7 @@ first: a crash between the two leaves the previous ``state.pt`` valid.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import random
@@ -79,6 +80,77 @@ def read_state(out: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise HBPNError(f"{path}: cannot read training state ({exc.__class__.__name__}: {exc})") from None
+
+
+def trim_log(path: Path, step: int) -> int:
+    """Keep the lines of ``log.jsonl`` up to ``step``; return how many were unreadable.
+
+    Lines past ``step`` were written after the checkpoint, before a crash. A
+    crash or a full disk can also leave a half-written last line: it is dropped
+    rather than blocking ``--resume``.
+    """
+    if not path.is_file():
+        return 0
+    keep, bad = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            bad += 1
+            continue
+        if not isinstance(record, dict):
+            bad += 1
+            continue
+        at = record.get("step", 0)
+        if isinstance(at, (int, float)) and at > step:
+            continue
+        keep.append(line)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+    return bad
+
+
+_ABSENT = "(absent)"
+
+
+def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys (``optim.lr``) whose values differ: ``{key: (stored, current)}``.
+
+    ``stored`` is the JSON form kept in ``state.pt``; ``current`` goes through
+    JSON too, so tuples and integer mapping keys compare equal to their stored form.
+    """
+
+    def flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section, values in cfg.items():
+            if isinstance(values, Mapping):
+                out.update({f"{section}.{k}": v for k, v in values.items()})
+            else:
+                out[str(section)] = values
+        return out
+
+    a, b = flat(stored), flat(json.loads(json.dumps(current)))
+    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys())
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def resume_notes(state: Mapping[str, Any], cfg: TrainConfig, out: Path) -> list[str]:
+    """Messages naming what changed in ``cfg`` since the checkpoint; refuse a different network."""
+    if not state.get("config"):
+        return []
+    changes = config_changes(json.loads(state["config"]), cfg.to_dict())
+    changes.pop("train.progress", None)  # --quiet: cosmetic
+    show = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+    if any(k.startswith("model.") for k in changes):
+        raise HBPNError(f"{out}: the config's model section differs from the run's ({show}); --resume "
+                        f"continues the same network: start a new run with train.init_from={out / LAST} instead")
+    notes = [f"resuming with a changed config: {show}"] if changes else []
+    if "train.steps" in changes and cfg.schedule.kind == "cosine":
+        notes.append("train.steps changed: the cosine schedule now ends at the new train.steps "
+                     "(the learning rate moves to where the new curve is at this step)")
+    return notes
 
 
 def model_config(cfg: TrainConfig, resume_from: Path | None = None) -> HBPNConfig:

@@ -248,8 +248,19 @@ def _check(cfg: TrainConfig) -> None:
         (cfg.val.every >= 1, "val.every", "must be >= 1"),
         (cfg.loss.stage_weight >= 0, "loss.stage_weight", "must be >= 0"),
     ]
+    o, g = cfg.optim, cfg.degrade
+    checks += [  # checked here, not first inside a DataLoader or optimizer hours into a run
+        (o.grad_clip is None or o.grad_clip > 0, "optim.grad_clip", "must be positive or null"),
+        (all(0 <= b < 1 for b in o.betas), "optim.betas", "must both be in [0, 1)"),
+        (o.eps >= 0, "optim.eps", "must be >= 0"),
+        (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
+        (1 <= g.jpeg_quality[0] <= g.jpeg_quality[1] <= 100, "degrade.jpeg_quality", "must be [lo, hi], 1 <= lo <= hi <= 100"),
+    ]
+    for p in ("blur_sigma", "aniso_sigma", "noise_sigma"):
+        lo, hi = getattr(g, p)
+        checks.append((0 < lo <= hi, f"degrade.{p}", "must be [lo, hi], 0 < lo <= hi"))
     for p in ("blur_prob", "aniso_prob", "noise_prob", "jpeg_prob"):
-        checks.append((0 <= getattr(cfg.degrade, p) <= 1, f"degrade.{p}", "must be in [0, 1]"))
+        checks.append((0 <= getattr(g, p) <= 1, f"degrade.{p}", "must be in [0, 1]"))
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")

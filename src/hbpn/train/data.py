@@ -34,6 +34,13 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def _unreadable() -> tuple[type[BaseException], ...]:
+    from PIL import Image
+
+    # a decompression bomb (more pixels than PIL allows) is an unusable image, not a crash
+    return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """H x W x 3 uint8; :class:`ImageReadError` naming the file when it cannot be decoded."""
     from PIL import Image
@@ -41,7 +48,7 @@ def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB")).copy()
-    except (OSError, ValueError, SyntaxError) as exc:
+    except _unreadable() as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from None
 
 
@@ -55,7 +62,7 @@ def _probe(path: Path, decode: bool) -> tuple[np.ndarray | None, tuple[int, int]
     try:
         with Image.open(path) as im:
             return None, (im.height, im.width)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except _unreadable() as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from None
 
 
@@ -91,6 +98,33 @@ def _fit_lr(lr: np.ndarray, hr: np.ndarray, path: Path) -> np.ndarray:
     return imresize(lr, size=hr.shape[:2])
 
 
+def pair_by_stem(
+    hr_files: Sequence[Path], lr_files: Sequence[Path], tags: tuple[str, str] = ("", "")
+) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Each HR file with the LR file of the same stem, whatever the extensions (``a.png`` + ``a.jpg``).
+
+    ``tags``: stem endings to strip first (``("_HR", "_LR")`` for Set5-style
+    ``NAME_HR.png`` + ``NAME_LR.png``). Returns the pairs and, for each HR file
+    without an LR, a message naming it. Training and validation both pair this way.
+    """
+    hr_tag, lr_tag = tags
+
+    def base(p: Path, tag: str) -> str:
+        return p.stem[: len(p.stem) - len(tag)]
+
+    lr_by_stem = {base(p, lr_tag): p for p in lr_files if p.stem.endswith(lr_tag)}
+    where = lr_files[0].parent if lr_files else "the LR images"
+    pairs: list[tuple[Path, Path]] = []
+    missing: list[str] = []
+    for hr in hr_files:
+        lr = lr_by_stem.get(base(hr, hr_tag))
+        if lr is None:
+            missing.append(f"{hr}: no LR image named {base(hr, hr_tag)}{lr_tag}.* in {where}")
+        else:
+            pairs.append((hr, lr))
+    return pairs, missing
+
+
 def _keep(shape: tuple[int, int], need: int, policy: str) -> bool:
     return policy == "pad" or min(shape) >= need
 
@@ -122,18 +156,14 @@ def load_pairs(folder: str, pair_range: tuple[int, int] | None, cache: bool, nee
     lr_dir = root / "LR"
     if not lr_dir.is_dir():
         raise HBPNError(f"{lr_dir}: no such folder (paired_dir needs HR/ and LR/)")
-    lr_by_stem = {p.stem: p for p in list_images(lr_dir)}
     if pair_range is not None:
         hr_files = hr_files[pair_range[0] : pair_range[1]]
         if not hr_files:
             raise HBPNError(f"{root}: data.pair_range {list(pair_range)} selects no pairs")
-    out = ImageSet(hr_paths=[], lr_paths=[])
+    pairs, missing = pair_by_stem(hr_files, list_images(lr_dir))
+    out = ImageSet(hr_paths=[], lr_paths=[], skipped=missing)
     assert out.lr_paths is not None
-    for hr_path in hr_files:
-        lr_path = lr_by_stem.get(hr_path.stem)
-        if lr_path is None:
-            out.skipped.append(f"{hr_path}: no LR image named {hr_path.stem}.* in {lr_dir}")
-            continue
+    for hr_path, lr_path in pairs:
         try:
             hr, shape = _probe(hr_path, cache)
             lr = _fit_lr(read_rgb(lr_path), hr, lr_path) if hr is not None else None

@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class Trainer:
         self._echo = echo or (lambda msg: None)
         self.dist: DistInfo | None = None
         self.tb: Any = None
+        self.stop_requested = threading.Event()  # set (e.g. on SIGTERM) to stop after the current step
 
     # ------------------------------------------------------------------ helpers
     def echo(self, msg: str) -> None:
@@ -154,15 +156,17 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "step": self.step, "micro": self.micro, "elapsed": self.elapsed(), "best_psnr": self.best,
+            "step": self.step, "micro": self.micro, "samples": self.samples, "world": self.dist.world,  # type: ignore[union-attr]
+            "elapsed": self.elapsed(), "best_psnr": self.best,
             "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": ckpt.rng_state(), "interval": [self.acc_loss.detach().cpu(), self.acc_n],
             "config": json.dumps(self.cfg.to_dict()),
         }
 
-    def _restore(self) -> None:
-        st = ckpt.read_state(self.out)
+    def _restore(self, st: dict[str, Any]) -> None:
+        d = self.dist
+        assert d is not None
         try:
             self.model.load_state_dict(st["model"])
             if self.ema is not None:
@@ -172,21 +176,19 @@ class Trainer:
             raise HBPNError(f"{self.out / ckpt.STATE}: does not fit this config's model ({str(exc)[:200]})") from None
         self.scaler.load_state_dict(st["scaler"])
         self.step, self.micro, self.best = int(st["step"]), int(st["micro"]), st["best_psnr"]
+        # the data position in samples: micro x batch x world only while batch and world are unchanged
+        self.samples = int(st.get("samples", self.micro * self.cfg.train.batch * d.world))
+        if int(st.get("world", d.world)) != d.world:
+            self.echo(f"resuming with {d.world} process(es) where the run had {st['world']}: "
+                      f"the data stream continues at sample {self.samples}")
         self.prior_elapsed = float(st["elapsed"])
         self.acc_loss = st["interval"][0].to(self.dist.device)  # type: ignore[union-attr]
         self.acc_n = int(st["interval"][1])
         ckpt.set_rng_state(st["rng"])
-        if self.dist.is_main:  # type: ignore[union-attr]
-            self._trim_log()
-
-    def _trim_log(self) -> None:
-        """Drop log lines past the checkpoint's step (written after it, before a crash)."""
-        path = self.out / ckpt.LOG
-        if not path.is_file():
-            return
-        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines() if json.loads(ln).get("step", 0) <= self.step]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+        if d.is_main:
+            bad = ckpt.trim_log(self.out / ckpt.LOG, self.step)
+            if bad:
+                self.echo(f"{self.out / ckpt.LOG}: dropped {bad} unreadable line(s) (a crash mid-write?)")
 
     def elapsed(self) -> float:
         return self.prior_elapsed + time.monotonic() - self.t0
@@ -216,8 +218,7 @@ class Trainer:
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         d, t = self.dist, self.cfg.train
         assert d is not None
-        start = self.micro * t.batch * d.world
-        loader = make_loader(self.dataset, t.batch, t.seed, start, d.rank, d.world, self.cfg.data.workers,
+        loader = make_loader(self.dataset, t.batch, t.seed, self.samples, d.rank, d.world, self.cfg.data.workers,
                              pin=d.device.type == "cuda")
         fmt = torch.channels_last if t.channels_last else torch.contiguous_format
         for x, y in loader:
@@ -259,6 +260,7 @@ class Trainer:
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.micro += n_acc
+        self.samples += n_acc * cfg.train.batch * d.world
         self.step += 1
         if self.ema is not None:
             decay = min(cfg.train.ema, (1 + self.step) / (10 + self.step))
@@ -312,14 +314,18 @@ class Trainer:
             barrier(d)
             if d.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
-            self.step = self.micro = self.acc_n = 0
+            self.step = self.micro = self.samples = self.acc_n = 0
             self.best: float | None = None
             self.prior_elapsed, self.t0 = 0.0, time.monotonic()
+            st = ckpt.read_state(self.out) if self.resume else None
+            for msg in ckpt.resume_notes(st, self.cfg, self.out) if st is not None else ():
+                self.echo(msg)  # raises first when the network itself changed
             self._build()
             self.acc_loss = torch.zeros((), device=d.device)
-            if self.resume:
-                self._restore()
-            elif d.is_main:
+            if st is not None:
+                self._restore(st)
+                del st
+            if d.is_main:  # on resume too: a later --resume without --config goes on with these settings
                 with atomic_path(self.out / ckpt.CONFIG) as tmp:
                     tmp.write_text(self.cfg.to_yaml(), encoding="utf-8")
             self._open_tensorboard()
@@ -342,6 +348,8 @@ class Trainer:
         reason, last, saved = "done", None, -1
         try:
             while self.step < t.steps:
+                if self.stop_requested.is_set():  # between steps: never a half-applied update
+                    raise KeyboardInterrupt
                 if budget is not None and not d.active and time.monotonic() - run_t0 > budget:
                     reason = "time"
                     break
@@ -362,6 +370,7 @@ class Trainer:
             bar.close()
             self.echo(f"interrupted at step {self.step}: writing a checkpoint")
             self.save()
+            self.log({"event": "end", "step": self.step, "reason": "interrupted", "elapsed": round(self.elapsed(), 3)})
             raise
         bar.close()
         if self.acc_n:

@@ -2,12 +2,15 @@
 
 Three layouts of ``val.dir``:
 
-* ``HR/`` + ``LR/`` sub-folders of same-named images (real pairs): the LR is
-  upsampled to HR size when smaller; RGB PSNR, no border crop (``val.crop``);
+* ``HR/`` + ``LR/`` sub-folders of images paired by stem (real pairs): the LR
+  is upsampled to HR size when smaller; RGB PSNR, no border crop (``val.crop``);
 * Set5-style ``NAME_HR.ext`` + ``NAME_LR.ext`` files: the LR upsampled with
   imresize; PSNR/SSIM on Y with a ``scale``-pixel border crop;
 * HR images only: LR made with imresize at ``val.scale`` (HR first cropped to
   a multiple of it), upsampled back; PSNR/SSIM on Y, border crop = scale.
+
+Images that cannot be scored (unreadable, no LR, too small for SSIM after the
+crop) are skipped and named at load time, not found at the first validation.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from ..imresize import imresize
 from ..inference import run_model
 from ..model import HBPN
 from .config import ValSection
-from .data import list_images, read_rgb
+from .data import list_images, pair_by_stem, read_rgb
+
+SSIM_WINDOW = 11  # hbpn.metrics.ssim needs at least this many pixels each way after the crop
 
 
 @dataclass
@@ -57,30 +62,34 @@ def load_valset(cfg: ValSection) -> ValSet:
     root = Path(cfg.dir)
     images: list[ValImage] = []
     skipped: list[str] = []
+    pairs: list[tuple[Path, Path | None]]
     if (root / "HR").is_dir() and (root / "LR").is_dir():
-        pairs = [(p, (root / "LR" / p.name)) for p in list_images(root / "HR")]
+        found, skipped = pair_by_stem(_window(list_images(root / "HR"), cfg), list_images(root / "LR"))
+        pairs = list(found)
         crop, y_only = cfg.crop or 0, False
     else:
         files = list_images(root)
-        lr_files = {p.name.replace("_LR.", "_HR."): p for p in files if "_LR." in p.name}
-        if lr_files:
-            pairs = [(p, lr_files.get(p.name)) for p in files if "_HR." in p.name]
+        lr_files = [p for p in files if p.stem.endswith("_LR")]
+        if lr_files:  # Set5-style NAME_HR.ext + NAME_LR.ext
+            hr_files = _window([p for p in files if p.stem.endswith("_HR")], cfg)
+            found, skipped = pair_by_stem(hr_files, lr_files, ("_HR", "_LR"))
+            pairs = list(found)
         else:
-            pairs = [(p, None) for p in files]
+            pairs = [(p, None) for p in _window(files, cfg)]
         crop, y_only = (cfg.crop if cfg.crop is not None else cfg.scale), True
-    if cfg.pair_range is not None:
-        pairs = pairs[cfg.pair_range[0] : cfg.pair_range[1]]
     for hr_path, lr_path in pairs[: cfg.max_images]:
         try:
             hr = read_rgb(hr_path)
             if lr_path is None:
                 s = cfg.scale
                 hr = hr[: hr.shape[0] - hr.shape[0] % s, : hr.shape[1] - hr.shape[1] % s]
-                lr_t = imresize(torch.from_numpy(hr).permute(2, 0, 1).contiguous(), scale=1 / s)
+            if min(hr.shape[:2]) - 2 * crop < SSIM_WINDOW:  # else SSIM fails at the first validation
+                h, w = hr.shape[:2]
+                raise ImageReadError(f"{hr_path}: {w}x{h} is too small to score with a {crop}-pixel border crop")
+            if lr_path is None:
+                lr_t = imresize(torch.from_numpy(hr).permute(2, 0, 1).contiguous(), scale=1 / cfg.scale)
                 inp = imresize(lr_t.float() / 255.0, size=hr.shape[:2]).clamp(0, 1)[None]
             else:
-                if not lr_path.is_file():
-                    raise ImageReadError(f"{hr_path}: no matching LR image {lr_path}")
                 inp = _upsampled(read_rgb(lr_path), hr, lr_path)
         except ImageReadError as exc:
             skipped.append(str(exc))
@@ -89,6 +98,11 @@ def load_valset(cfg: ValSection) -> ValSet:
     if not images:
         raise HBPNError(f"{root}: no usable validation images ({len(skipped)} skipped)")
     return ValSet(images, crop, y_only, skipped)
+
+
+def _window(files: list[Path], cfg: ValSection) -> list[Path]:
+    """``val.pair_range`` of the sorted HR files."""
+    return files if cfg.pair_range is None else files[cfg.pair_range[0] : cfg.pair_range[1]]
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:

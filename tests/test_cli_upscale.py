@@ -86,9 +86,10 @@ def test_suffix_ext_quality_scale(tmp_path: Path, weights: Path) -> None:
     assert Image.open(out / "p_big.jpg").size == (15, 15)
     assert main(["upscale", "-m", str(weights), *args, "--quality", "100", "--overwrite"]) == 0
     assert (out / "p_big.jpg").stat().st_size > low
-    assert main(["upscale", "-m", str(weights), "-i", str(tmp_path / "p.png"), "-o", str(out), "-s", "3",
-                 "--ext", "webp", "-t", "16", "--tile-pad", "4", "-x"]) == 0
-    assert Image.open(out / "p_x3.webp").size == (30, 30)
+    Image.fromarray(rgb(14, 14)).save(tmp_path / "q.png")
+    assert main(["upscale", "-m", str(weights), "-i", str(tmp_path / "q.png"), "-o", str(out), "-s", "3",
+                 "--ext", "webp", "-t", "32", "--tile-pad", "4", "-x"]) == 0  # 2 x 2 tiles
+    assert Image.open(out / "q_x3.webp").size == (42, 42)
 
 
 def test_existing_output_skipped_unless_overwrite(tmp_path: Path, weights: Path,
@@ -150,15 +151,58 @@ def test_unwritable_output_folder(tmp_path: Path, weights: Path, capsys: pytest.
 def test_failed_write_leaves_nothing(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     Image.fromarray(rgb()).save(tmp_path / "b.png")
+    Image.fromarray(rgb()).save(tmp_path / "c.png")
     out = tmp_path / "out"
     (out / "a_x2_maps.png").mkdir(parents=True)  # the maps file cannot be written over a folder
-    code = up(weights, "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--save-maps")
+    (out / "a_x2.png").write_bytes(b"the old result")
+    (out / "c_x2_maps.png").mkdir()
+    code = up(weights, "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png"),
+              "-o", str(out), "--save-maps", "--overwrite")
     err = capsys.readouterr().err
     assert code == 1
-    assert not (out / "a_x2.png").exists()  # the image is removed again when its maps fail
+    assert (out / "a_x2.png").read_bytes() == b"the old result"  # a failed maps write keeps what was there
+    assert not (out / "c_x2.png").exists()  # and writes no half pair
     assert (out / "b_x2.png").is_file() and (out / "b_x2_maps.png").is_file()
-    assert any("a.png" in line and "cannot write" in line for line in err.splitlines())
+    for name in ("a", "c"):
+        assert any(f"{name}.png" in line and f"cannot write {out / name}_x2_maps.png" in line
+                   for line in err.splitlines()), err
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_existing_maps_skipped_unless_overwrite(tmp_path: Path, weights: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x2_maps.png").write_bytes(b"keep these maps")
+    assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(out), "--save-maps") == 0
+    err = capsys.readouterr().err
+    assert "a_x2_maps.png exists" in err and "0 done, 1 skipped" in err
+    assert (out / "a_x2_maps.png").read_bytes() == b"keep these maps" and not (out / "a_x2.png").exists()
+    assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(out), "--save-maps", "--overwrite") == 0
+    assert Image.open(out / "a_x2_maps.png").size == (40, 32) and (out / "a_x2.png").is_file()
+
+
+def test_output_never_replaces_an_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(rgb()).save(src / "a.png")
+    Image.fromarray(rgb()).save(src / "b.png")
+    Image.fromarray(rgb()).save(src / "b_x2.png")  # b.png's output name
+    Image.fromarray(rgb()).save(src / "c.png")
+    Image.fromarray(rgb()).save(src / "c_s_maps.png")  # c.png's maps name with the suffix _s
+    before = hashes(src)
+    code = up(weights, "-i", str(src / "a.png"), "-o", str(src), "--suffix", "", "--overwrite")
+    assert code == 1 and "a.png: output would replace the input" in capsys.readouterr().err
+    code = up(weights, "-i", str(src / "b.png"), str(src / "b_x2.png"), "-o", str(src), "--overwrite")
+    err = capsys.readouterr().err
+    assert code == 1 and f"b.png: output would replace the input {src / 'b_x2.png'}" in err
+    code = up(weights, "-i", str(src / "c.png"), str(src / "c_s_maps.png"), "-o", str(tmp_path / "in" / "."),
+              "--suffix", "_s", "--save-maps", "--overwrite")
+    err = capsys.readouterr().err
+    assert code == 1 and f"c.png: output would replace the input {src / 'c_s_maps.png'}" in err
+    after = hashes(src)
+    assert {name: after[name] for name in before} == before
 
 
 def test_same_output_name_is_an_error(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -177,10 +221,65 @@ def test_nothing_to_do(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixt
 
 
 def test_bad_options_exit_2(tmp_path: Path, weights: Path) -> None:
-    for bad in (["-s", "0.5"], ["-s", "x"], ["-t", "-3"], ["-t", "big"], ["--quality", "101"], ["--ext", "gif"]):
+    for bad in (["-s", "0.5"], ["-s", "x"], ["-t", "-3"], ["-t", "big"], ["-t", "8"], ["-t", "31"],
+                ["--quality", "101"], ["--ext", "gif"]):
         with pytest.raises(SystemExit) as exc:
             main(["upscale", "-i", "a.png", "-o", str(tmp_path), *bad])
         assert exc.value.code == 2
+
+
+def test_small_tile_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["upscale", "-i", "a.png", "-o", str(tmp_path), "-t", "8"])
+    assert "tile must be 0 (no tiling), auto, or a number of pixels >= 32, got '8'" in capsys.readouterr().err
+
+
+def test_max_pixels_zero_means_no_limit(tmp_path: Path, weights: Path) -> None:
+    import PIL.Image
+
+    Image.fromarray(rgb(8, 8)).save(tmp_path / "a.png")
+    before = PIL.Image.MAX_IMAGE_PIXELS
+    try:
+        PIL.Image.MAX_IMAGE_PIXELS = 10  # as if the default limit were below this image
+        assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")) == 1
+        assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--max-pixels", "0") == 0
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = before
+    assert Image.open(tmp_path / "o" / "a_x2.png").size == (16, 16)
+
+
+def test_too_big_for_memory_fails_that_input(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import hbpn.inference
+
+    Image.fromarray(rgb(8, 8)).save(tmp_path / "small.png")
+    Image.fromarray(rgb(40, 50)).save(tmp_path / "big.png")
+    # 16x16 output: well under 1 MB; 500x400 at -s 10: 200,000 px x 60 B alone = 12 MB
+    monkeypatch.setattr(hbpn.inference, "free_memory", lambda device: 8_000_000)
+    code = up(weights, "-i", str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-o", str(tmp_path / "o"),
+              "-s", "10")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["small_x10.png"]
+    line = [ln for ln in err.splitlines() if "big.png" in ln]
+    assert len(line) == 1 and "the 500x400 output needs about" in line[0] and "GiB of memory" in line[0], err
+    code = up(weights, "-i", str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "--max-output-pixels", "7999")
+    assert code == 1 and "the 100x80 output has more pixels than --max-output-pixels 7999" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from hbpn.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "False", "building the parser imported torch"
+
+
+def test_unavailable_device_is_one_line(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--device", "cuda") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hbpn upscale: error: device 'cuda' is not available (") and err.count("\n") == 1, err
 
 
 def test_default_model_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -191,3 +191,59 @@ def test_expand_inputs(tmp_path: Path) -> None:
     names = [p.relative_to(tmp_path).as_posix() for p in files]
     assert names == ["d/a.JPG", "d/b.png", "e.tif", "odd.dat"]  # sorted, no repeats, not recursive
     assert unmatched == [str(tmp_path / "nope.png"), str(tmp_path / "*.xyz")]
+
+
+@pytest.mark.parametrize(
+    "values, expected, note",
+    [(np.array([[0.0, 0.25], [0.5, 1.0]]), [0.0, 0.25, 0.5, 1.0], None),
+     (np.array([[0.0, 51.0], [127.5, 255.0]]), [0.0, 0.2, 0.5, 1.0], "divided by 255"),
+     (np.array([[0.0, 655.35], [32767.5, 65535.0]]), [0.0, 0.01, 0.5, 1.0], "divided by 65535")],
+    ids=["unit", "eight-bit", "sixteen-bit"],
+)
+def test_float_tiff_by_its_range(tmp_path: Path, values: np.ndarray, expected: list[float], note: str | None) -> None:
+    Image.fromarray(values.astype(np.float32), mode="F").save(tmp_path / "f.tif")
+    pic = read_image(tmp_path / "f.tif")
+    assert pic.bits == 16 and pic.pixels.shape == (2, 2, 1)
+    np.testing.assert_allclose(pic.pixels.ravel(), expected, atol=1e-6)
+    assert (note is None and not pic.notes) or any(note in n for n in pic.notes)
+    save_image(to_pil(pic.pixels, pic.bits), tmp_path / "f.png")  # written back as 16-bit
+    assert np.asarray(Image.open(tmp_path / "f.png")).ravel().tolist() == [round(e * 65535) for e in expected]
+
+
+def test_float_tiff_out_of_range_is_refused(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 1e6]], dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    with pytest.raises(ImageReadError, match=r"f\.tif: float image with values up to 1e\+06"):
+        read_image(tmp_path / "f.tif")
+
+
+def test_only_listed_formats_are_opened(tmp_path: Path) -> None:
+    Image.new("1", (8, 8)).save(tmp_path / "x.xbm")  # a format Pillow reads but we do not
+    (tmp_path / "x.png").write_bytes((tmp_path / "x.xbm").read_bytes())
+    (tmp_path / "p.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n")
+    for name in ("x.png", "p.eps"):
+        with pytest.raises(ImageReadError, match=rf"{name}: not an image file \(or not a format we read: PNG"):
+            read_image(tmp_path / name)
+
+
+def test_jpeg_alpha_composited_onto_white(tmp_path: Path) -> None:
+    rgba = np.zeros((4, 4, 4), dtype=np.float32)
+    rgba[..., 0] = 1.0  # red everywhere, but only the left half is opaque
+    rgba[:, :2, 3] = 1.0
+    notes = save_image(to_pil(rgba), tmp_path / "a.jpg", quality=100)
+    px = np.asarray(Image.open(tmp_path / "a.jpg")).astype(int)
+    assert any("composited onto white" in n for n in notes)
+    assert (abs(px[:, 3] - [255, 255, 255]) <= 8).all()  # transparent: white, not the hidden red
+    assert (abs(px[:, 0] - [255, 0, 0]) <= 40).all()
+    la = np.zeros((4, 4, 2), dtype=np.float32)  # black, transparent on the right
+    la[:, :2, 1] = 1.0
+    save_image(to_pil(la), tmp_path / "g.jpg", quality=100)
+    g = np.asarray(Image.open(tmp_path / "g.jpg")).astype(int)
+    assert (g[:, 3] >= 247).all() and (g[:, 0] <= 8).all()
+
+
+def test_expand_inputs_skips_hidden_files(tmp_path: Path) -> None:
+    for name in ("a.png", ".a_x2.k3j9.tmp.png", ".hidden.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    assert expand_inputs([str(tmp_path)])[0] == [tmp_path / "a.png"]
+    assert expand_inputs([str(tmp_path / ".*.png"), str(tmp_path / "*.png")])[0] == [tmp_path / "a.png"]
+    assert expand_inputs([str(tmp_path / ".hidden.jpg")])[0] == [tmp_path / ".hidden.jpg"]  # named: taken

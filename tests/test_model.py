@@ -258,6 +258,69 @@ def test_save_load_round_trip(tmp_path: Path, dtype: torch.dtype | None) -> None
     assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary left behind
 
 
+def test_unavailable_devices_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from hbpn.hub import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(WeightsError, match=r"device 'cuda' is not available \("):
+        resolve_device("cuda")
+    path = save_weights(HBPN(get_preset("tiny")), tmp_path / "t.safetensors")
+    with pytest.raises(WeightsError, match=r"device 'cuda:0' is not available"):
+        load_model(path, device="cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(WeightsError, match=r"device 'cuda:7' is not available \(this machine has 1 GPU"):
+        resolve_device("cuda:7")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(WeightsError, match=r"device 'mps' is not available"):
+        resolve_device("mps")
+    with pytest.raises(WeightsError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_weights_without_config_only_for_the_paper_shape(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from hbpn.hub import config_from_state_dict
+
+    with torch.device("meta"):  # shapes only: no memory, no init arithmetic
+        paper = HBPN(get_preset("paper"))
+    assert config_from_state_dict(paper.state_dict()) == get_preset("paper")  # no residual in the Caffe graph
+    tiny = HBPN(get_preset("tiny"))
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(bare))  # no metadata
+    with pytest.raises(WeightsError, match=r"bare\.safetensors: weights without a model config .* residual"):
+        load_model(bare)
+
+
+def test_shipped_weights_from_a_folder_or_a_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    import hbpn.hub
+
+    model = fill_by_name(HBPN(get_preset("tiny")))
+    folder = tmp_path / "pkg"
+    (folder / "weights").mkdir(parents=True)
+    path = save_weights(model, folder / "weights" / "default.safetensors")
+    monkeypatch.setattr(hbpn.hub.resources, "files", lambda package: folder)
+    assert hbpn.hub.shipped_path("default") == path and path.is_file()
+    assert hbpn.hub.shipped_path("real") is None
+    assert torch.equal(load_model("default").stem[0].conv.weight, model.stem[0].conv.weight)
+
+    archive = tmp_path / "hbpn.zip"  # as when the package is imported from a zip: no file to point at
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(path, "hbpn/weights/default.safetensors")
+    path.unlink()
+    monkeypatch.setattr(hbpn.hub.resources, "files", lambda package: zipfile.Path(archive, "hbpn/"))
+    assert hbpn.hub.shipped_path("default") is None
+    loaded = load_model("default")
+    assert loaded.cfg == model.cfg and torch.equal(loaded.stem[0].conv.weight, model.stem[0].conv.weight)
+    with pytest.raises(WeightsError, match="no shipped weights named 'real'"):
+        load_model("real")
+
+
 if __name__ == "__main__":
     import pprint
 

@@ -143,6 +143,23 @@ def test_model_from_path(tmp_path, model: HBPN) -> None:
     assert torch.allclose(upscale(x, 2, str(tmp_path / "m.safetensors"), device="cpu"), upscale(x, 2, model))
 
 
+def test_given_model_device_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from hbpn.upscale import resolve_model
+
+    # Pretend to be a two-GPU machine with the model on cuda:0 (shapes only, nothing runs).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    net = HBPN(get_preset("tiny"))
+    monkeypatch.setattr(net, "parameters", lambda: iter([types.SimpleNamespace(device=torch.device("cuda:0"))]))
+    for same in ("cuda", "cuda:0", torch.device("cuda"), "auto", None):
+        assert resolve_model(net, same) is net, same
+    for other in ("cuda:1", "cpu"):
+        with pytest.raises(ValueError, match="the model is on cuda:0"):
+            resolve_model(net, other)
+
+
 def test_tiled_close_to_untiled(model: HBPN) -> None:
     x = torch.from_numpy(natural(64, 64)).permute(2, 0, 1).float() / 255
     calls = []

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor
 
-from .config import HBPNConfig
+from .config import PRESETS, HBPNConfig
 from .errors import WeightsError
 from .fileio import atomic_path
 from .model import HBPN
@@ -30,13 +30,21 @@ SHIPPED: dict[str, str] = {
 
 
 def shipped_path(name: str) -> Path | None:
-    """Path of a shipped weight set, or None when this install has none by that name."""
+    """Path of a shipped weight set, or None when this install has none by that name.
+
+    Also None when the package is not on a file system (e.g. run from a zip):
+    :func:`load_model` then reads the shipped bytes directly.
+    """
     ref = resources.files("hbpn") / "weights" / f"{name}.safetensors"
-    try:
-        with resources.as_file(ref) as p:
-            return Path(p) if Path(p).is_file() else None
-    except FileNotFoundError:
+    return ref if isinstance(ref, Path) and ref.is_file() else None
+
+
+def _shipped_bytes(name: str) -> bytes | None:
+    """The bytes of a shipped weight set that is not a plain file (see :func:`shipped_path`)."""
+    ref = resources.files("hbpn") / "weights" / f"{name}.safetensors"
+    if isinstance(ref, Path) or not ref.is_file():
         return None
+    return ref.read_bytes()
 
 
 def save_weights(
@@ -80,10 +88,28 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Tensor], dict[
     return tensors, metadata
 
 
+def _weights_from_bytes(data: bytes, source: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Like :func:`read_weights`, for the bytes of a safetensors file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + n]) if len(data) >= 8 and n <= len(data) - 8 else None
+        tensors = load(data) if isinstance(header, dict) else None
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{source}: cannot read safetensors data ({exc})") from None
+    if tensors is None:
+        raise WeightsError(f"{source}: not a safetensors file (truncated or foreign format)")
+    return tensors, dict(header.get("__metadata__") or {})
+
+
 def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
     """Recover the network shape from parameter shapes (for files without metadata).
 
-    ``global_residual`` leaves no trace in the weights; it is taken as False.
+    ``global_residual`` leaves no trace in the weights, so only the paper's shape
+    is accepted (the Caffe graph has no residual); any other shape needs a file
+    with its config in the metadata, as :func:`save_weights` writes.
     """
     try:
         stem = state["stem.0.conv.weight"]
@@ -96,7 +122,14 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
         unshuffle = round((int(stem.shape[1]) // 6) ** 0.5)
     except (KeyError, ValueError, IndexError) as exc:
         raise WeightsError(f"not an HBPN state dict (cannot find {exc})") from None
-    return HBPNConfig(widths=tuple(widths), stem_width=int(stem.shape[0]), stages=stages, unshuffle=unshuffle)
+    cfg = HBPNConfig(widths=tuple(widths), stem_width=int(stem.shape[0]), stages=stages, unshuffle=unshuffle)
+    if cfg != PRESETS["paper"]:
+        raise WeightsError(
+            "weights without a model config in their metadata, and not the paper's shape: whether the network "
+            "is residual cannot be told from the weights; use a file written by hbpn (save_weights), which "
+            "stores the config"
+        )
+    return cfg
 
 
 def model_from_weights(
@@ -109,7 +142,10 @@ def model_from_weights(
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
             raise WeightsError(f"{source}: bad model config in metadata ({exc})") from None
     else:
-        cfg = config_from_state_dict(tensors)
+        try:
+            cfg = config_from_state_dict(tensors)
+        except WeightsError as exc:
+            raise WeightsError(f"{source}: {exc}") from None
     model = HBPN(cfg)
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
@@ -129,7 +165,12 @@ def model_from_weights(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA if present, else MPS, else CPU."""
+    """``None``/``"auto"``: CUDA if present, else MPS, else CPU.
+
+    A named device must exist here: ``"cuda"`` without a GPU (or ``"cuda:3"``
+    with fewer GPUs) is a :class:`WeightsError` saying so, not an assertion deep
+    inside torch when the first tensor is moved.
+    """
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -137,9 +178,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise WeightsError(f"unknown device {device!r} ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise WeightsError(f"device {str(device)!r} is not available ({why})")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise WeightsError(f"device {str(device)!r} is not available (this machine has {count} GPU(s): "
+                               f"cuda:0 to cuda:{count - 1})")
+    elif dev.type == "mps" and (getattr(torch.backends, "mps", None) is None
+                                or not torch.backends.mps.is_available()):
+        raise WeightsError(f"device {str(device)!r} is not available (no Apple MPS on this machine)")
+    return dev
 
 
 def load_model(source: str | os.PathLike[str] | None = None, device: str | torch.device | None = None) -> HBPN:
@@ -151,20 +204,29 @@ def load_model(source: str | os.PathLike[str] | None = None, device: str | torch
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks
             the best available.
     """
+    dev = resolve_device(device)  # a device that is not there fails before any reading
     name = "default" if source is None else source
     path = Path(name)
     is_name = isinstance(name, str) and name in SHIPPED and not path.is_file()
     if is_name:
         found = shipped_path(name)
-        if found is None:
-            raise WeightsError(f"no shipped weights named {name!r} in this install of hbpn")
-        path = found
+        if found is not None:
+            source_name = str(found)
+            tensors, metadata = read_weights(found)
+        else:
+            data = _shipped_bytes(name)
+            if data is None:
+                raise WeightsError(f"no shipped weights named {name!r} in this install of hbpn")
+            source_name = f"shipped weights {name!r}"
+            tensors, metadata = _weights_from_bytes(data, source_name)
     elif isinstance(name, str) and not path.suffix and not path.exists():
         raise WeightsError(f"unknown model {name!r}: give a .safetensors file or one of {', '.join(SHIPPED)}")
-    tensors, metadata = read_weights(path)
+    else:
+        source_name = str(path)
+        tensors, metadata = read_weights(path)
     fmt = metadata.get("format")
     if fmt is not None and fmt != FORMAT:
-        raise WeightsError(f"{path}: metadata says format {fmt!r}, not {FORMAT!r}")
-    model = model_from_weights(tensors, metadata, source=str(path))
+        raise WeightsError(f"{source_name}: metadata says format {fmt!r}, not {FORMAT!r}")
+    model = model_from_weights(tensors, metadata, source=source_name)
     model.metadata = metadata  # type: ignore[attr-defined]
-    return model.to(resolve_device(device)).eval()
+    return model.to(dev).eval()

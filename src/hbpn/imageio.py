@@ -8,12 +8,16 @@ Every mode Pillow opens is mapped to one of four layouts of float pixels in
   CMYK, YCbCr, LAB, HSV and 1-bit images become RGB (1-bit: gray);
 * 16-bit grayscale (Pillow modes ``I;16*`` and ``I``) stays 16-bit; Pillow
   itself reads 16-bit *colour* PNGs as 8-bit RGB;
+* float grayscale (mode ``F``, e.g. 32-bit float TIFF) is taken as is when
+  its values lie in [0, 1], divided by 255 when in [0, 255], by 65535 when in
+  [0, 65535] (anything else is refused), and written back as 16-bit;
 * the EXIF orientation is applied to the pixels, so outputs are upright and
   carry no EXIF at all (and so no orientation tag);
 * the ICC profile is carried over when its colour space fits the output
   (an RGB profile for colour, a gray one for grayscale); a CMYK profile is
   dropped with the CMYK-to-RGB conversion;
-* of an animated image only the first frame is read (with a note).
+* of an animated image only the first frame is read (with a note);
+* only the formats in :data:`READ_FORMATS` are opened.
 
 Reading guards against decompression bombs with Pillow's own check, at a
 limit the caller chooses; its warning counts as an error too.
@@ -31,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .defaults import DEFAULT_QUALITY
 from .errors import ImageReadError
 from .fileio import atomic_path
 
@@ -39,12 +44,16 @@ IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif",
      ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".ico", ".dib", ".pcx", ".sgi"}
 )
+#: Pillow formats we decode: those IMAGE_SUFFIXES name (JPEG includes the
+#: cameras' multi-picture MPO files). Others are refused before any plugin looks
+#: at the file: some hand the data to outside programs (EPS runs Ghostscript).
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA", "JPEG2000", "ICO",
+                "PCX", "SGI")
 #: Output extensions we write, and Pillow's format name for each.
 WRITE_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 _SUFFIX_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg", ".webp": "webp"}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ICC_SPACE = {1: b"GRAY", 2: b"GRAY", 3: b"RGB ", 4: b"RGB "}
-DEFAULT_QUALITY = 95
 
 
 @dataclass
@@ -87,7 +96,7 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         if max_pixels is not None:
-            Image.MAX_IMAGE_PIXELS = int(max_pixels)
+            Image.MAX_IMAGE_PIXELS = int(max_pixels) or None  # Pillow: None = no check
         try:
             yield
         finally:
@@ -98,7 +107,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     """Read ``path`` into a :class:`Picture`; any failure is an :class:`ImageReadError` naming it.
 
     ``max_pixels``: refuse images with more pixels than this (default: Pillow's
-    ``Image.MAX_IMAGE_PIXELS``, about 89 MP).
+    ``Image.MAX_IMAGE_PIXELS``, about 89 MP; 0: no limit).
     """
     path = Path(path)
     try:
@@ -111,16 +120,18 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with _pixel_limit(max_pixels), Image.open(path) as img:
+        with _pixel_limit(max_pixels), Image.open(path, formats=READ_FORMATS) as img:
             picture = from_pil(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(
             f"{path}: too many pixels for the limit of {limit} (possible decompression bomb; see --max-pixels)"
         ) from None
     except Image.UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except ImageReadError:
-        raise
+        raise ImageReadError(
+            f"{path}: not an image file (or not a format we read: {', '.join(READ_FORMATS)})"
+        ) from None
+    except ImageReadError as exc:  # from from_pil, which does not know the path
+        raise ImageReadError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 -- decoders raise many types on corrupt data: all mean unreadable
         raise ImageReadError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
     return picture
@@ -138,7 +149,10 @@ def from_pil(img: Image.Image) -> Picture:
     img = ImageOps.exif_transpose(img) or img
     mode = img.mode
     bits = 8
-    if mode in _SIXTEEN_BIT or mode == "F":
+    if mode == "F":
+        pixels = _float_gray(np.asarray(img, dtype=np.float64), notes)[:, :, None]
+        bits = 16
+    elif mode in _SIXTEEN_BIT:
         arr = np.asarray(img, dtype=np.float64)
         pixels = np.clip(arr / 65535.0, 0.0, 1.0)[:, :, None]
         bits = 16
@@ -161,6 +175,23 @@ def from_pil(img: Image.Image) -> Picture:
     if icc is not None and icc[16:20] != _ICC_SPACE[channels]:
         icc = None  # a profile for another colour space would mislabel the output
     return Picture(np.ascontiguousarray(pixels, dtype=np.float32), bits, icc, fmt, notes)
+
+
+def _float_gray(arr: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Float gray values -> [0, 1], by the range they use (there is no standard one)."""
+    if not np.isfinite(arr).all():
+        raise ImageReadError("float image with NaN or infinite values")
+    hi = float(arr.max()) if arr.size else 0.0
+    for peak in (1.0, 255.0, 65535.0):
+        if hi <= peak:
+            break
+    else:
+        raise ImageReadError(
+            f"float image with values up to {hi:g}: only [0, 1], [0, 255] or [0, 65535] are understood"
+        )
+    if peak != 1.0:
+        notes.append(f"float image with values in [0, {peak:g}]: divided by {peak:g}")
+    return np.clip(arr / peak, 0.0, 1.0)
 
 
 def to_pil(pixels: np.ndarray, bits: int = 8, icc_profile: bytes | None = None) -> Image.Image:
@@ -193,8 +224,11 @@ def _fit_format(img: Image.Image, fmt: str) -> tuple[Image.Image, list[str]]:
         img = Image.fromarray(np.rint(np.clip(arr, 0, 1) * 255.0).astype(np.uint8), mode="L")
         notes.append(f"{fmt} stores 8 bits: the 16-bit result is written at 8 bits")
     if fmt == "JPEG" and img.mode in ("RGBA", "LA"):
-        notes.append("JPEG has no alpha channel: transparency is dropped")
-        img = img.convert(img.mode[:-1])
+        # Dropping alpha would show whatever colour hides under transparent pixels.
+        notes.append("JPEG has no alpha channel: transparent areas are composited onto white")
+        flat = Image.new(img.mode[:-1], img.size, "white")
+        flat.paste(img.convert(img.mode[:-1]), mask=img.getchannel("A"))
+        img = flat
     if fmt == "WEBP" and img.mode in ("L", "LA"):
         img = img.convert("RGB" if img.mode == "L" else "RGBA")  # WebP has no gray mode
     return img, notes
@@ -234,8 +268,9 @@ def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     """Files named by ``patterns`` (files, folders, globs), sorted and without repeats.
 
     A file is taken whatever its suffix; folders (not recursively) and globs
-    give only files with an image suffix. Returns the files and the patterns
-    that matched nothing.
+    give only files with an image suffix whose names do not start with a dot
+    (hidden files, and our own temporary files). Returns the files and the
+    patterns that matched nothing.
     """
     import glob
 
@@ -244,12 +279,11 @@ def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            hits = [p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            hits = [p for p in path.iterdir() if _is_listed_image(p)]
         elif path.is_file():
             hits = [path]
         elif glob.has_magic(pattern):
-            hits = [Path(p) for p in glob.glob(pattern)]
-            hits = [p for p in hits if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            hits = [p for p in map(Path, glob.glob(pattern)) if _is_listed_image(p)]
         else:
             hits = []
         if not hits:
@@ -260,3 +294,7 @@ def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
     for p in found:
         unique.setdefault(p.resolve(), p)
     return sorted(unique.values(), key=str), unmatched
+
+
+def _is_listed_image(path: Path) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from .config import HBPNConfig
+from .defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
 from .model import HBPN
 
-#: Default tile edge (pixels at output resolution) and overlap on each side.
-DEFAULT_TILE = 256
-DEFAULT_TILE_PAD = 16
+__all__ = [
+    "DEFAULT_TILE", "DEFAULT_TILE_PAD", "PRECISIONS", "activation_bytes_per_pixel", "auto_tile", "autocast",
+    "free_memory", "memory_needed", "run_model",
+]
 #: --precision names and their dtypes (fp32: no autocast).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: Real peak memory over the traced live-tensor peak (allocator slack, conv
@@ -30,6 +32,14 @@ PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float
 MEMORY_SLACK = 2.0
 #: Share of the free memory ``--tile auto`` lets one tile use.
 MEMORY_SHARE = 0.5
+#: Bytes per output pixel of the whole-image buffers of one upscale (RGB, fp32):
+#: the resized input, the blended output and its weights, the clipped result and
+#: the 8-bit copies made for saving; about 60 (see docs/UPSCALE.md).
+IMAGE_BYTES_PER_PIXEL = 60
+#: Extra bytes per output pixel with the weighting maps: 4 per stage for the
+#: blended maps, about 40 for their RGB picture and its 8-bit copies.
+MAP_BYTES_PER_PIXEL = 40
+MAP_BYTES_PER_STAGE = 4
 
 
 def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
@@ -234,3 +244,30 @@ def auto_tile(
         return 0
     m = model.cfg.multiple
     return max(64, edge // m * m)
+
+
+def memory_needed(
+    model: HBPN,
+    image_hw: tuple[int, int],
+    *,
+    tile: int | str | None = DEFAULT_TILE,
+    precision: str | None = None,
+    maps: bool = False,
+) -> int:
+    """Estimated peak bytes to upscale to an ``image_hw`` output with ``model``.
+
+    The whole-image buffers (:data:`IMAGE_BYTES_PER_PIXEL`, plus the maps) and
+    the activations of one tile (``"auto"``: the tile :func:`auto_tile` picks).
+    Compare it with :func:`free_memory` before starting, so that an image that
+    cannot fit fails at once instead of the process being killed part way.
+    """
+    h, w = image_hw
+    per_pixel = IMAGE_BYTES_PER_PIXEL + (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_STAGE * model.cfg.stages if maps else 0)
+    full = h * w * per_pixel
+    if tile == "auto":
+        tile = auto_tile(model, next(model.parameters()).device, image_hw, precision=precision)
+    edge = int(tile or max(h, w))  # type: ignore[arg-type]
+    m = model.cfg.multiple
+    th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
+    per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
+    return int(full + per_px * th * tw)

@@ -66,7 +66,9 @@ def resolve_model(model: ModelSource, device: str | torch.device | None = None) 
 
     if isinstance(model, HBPN):
         on = next(model.parameters()).device
-        if device is not None and device != "auto" and resolve_device(device) != on:
+        want = None if device is None or device == "auto" else resolve_device(device)
+        # "cuda" means whichever GPU: only an explicit index has to match (cuda:0 != cuda:1).
+        if want is not None and (want.type != on.type or (want.index is not None and want.index != on.index)):
             raise ValueError(f"the model is on {on} but device {str(device)!r} was asked; move it with model.to()")
         return model
     return load_model(model, device=device)

@@ -32,14 +32,17 @@ def _scale(text: str) -> float:
 
 
 def _tile(text: str) -> int | str:
+    from ..defaults import MIN_TILE
+
     if text == "auto":
         return text
     try:
         value = int(text)
     except ValueError:
         value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"tile must be a number of pixels, 0 (no tiling) or auto, got {text!r}")
+    if value != 0 and value < MIN_TILE:
+        raise argparse.ArgumentTypeError(
+            f"tile must be 0 (no tiling), auto, or a number of pixels >= {MIN_TILE}, got {text!r}")
     return value
 
 
@@ -61,7 +64,8 @@ def _quality(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..inference import DEFAULT_TILE, DEFAULT_TILE_PAD
+    # torch-free defaults: building the parser (hbpn --help) must not import torch
+    from ..defaults import DEFAULT_QUALITY, DEFAULT_TILE, DEFAULT_TILE_PAD, MIN_TILE
 
     p = sub.add_parser(
         "upscale",
@@ -77,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", default=None,
                    help="weights: a .safetensors file or a shipped name (default: the shipped 'default')")
     p.add_argument("-t", "--tile", type=_tile, default=DEFAULT_TILE, metavar="N|auto",
-                   help=f"tile edge in output pixels; 0 = whole image at once; auto = the largest that fits "
-                        f"in free memory (default: {DEFAULT_TILE})")
+                   help=f"tile edge in output pixels (>= {MIN_TILE}); 0 = whole image at once; auto = the largest "
+                        f"that fits in free memory (default: {DEFAULT_TILE})")
     p.add_argument("--tile-pad", type=_non_negative, default=DEFAULT_TILE_PAD, metavar="N",
                    help=f"overlap on each side of a tile, blended (default: {DEFAULT_TILE_PAD})")
     p.add_argument("-x", "--ensemble", action="store_true",
@@ -89,12 +93,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suffix", default=None, help="added to each output's stem (default: _x{scale}, e.g. _x4)")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
                    help="output format; auto keeps png/jpg/webp inputs' format, others become png (default: auto)")
-    p.add_argument("--quality", type=_quality, default=95, metavar="Q", help="JPEG/WebP quality 1-100 (default: 95)")
+    p.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q",
+                   help=f"JPEG/WebP quality 1-100 (default: {DEFAULT_QUALITY})")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--save-maps", action="store_true",
                    help="also write the WR weighting maps as STEM{suffix}_maps.png (stage k in channel k)")
     p.add_argument("--max-pixels", type=_non_negative, default=None, metavar="N",
-                   help="refuse inputs with more pixels (decompression-bomb guard; default: Pillow's, ~89 MP)")
+                   help="refuse inputs with more pixels (decompression-bomb guard; 0 = no limit; "
+                        "default: Pillow's, ~89 MP)")
+    p.add_argument("--max-output-pixels", type=_non_negative, default=0, metavar="N",
+                   help="refuse inputs whose output would have more pixels (default: 0, no limit; inputs "
+                        "that would not fit in free memory are refused anyway)")
     p.set_defaults(func=run)
 
 
@@ -125,13 +134,47 @@ def _maps_image(maps):  # type: ignore[no-untyped-def]
     return rgb
 
 
+def _plan(files: list[Path], outdir: Path, suffix: str, ext: str, maps: bool) -> list[tuple[Path, Path, str | None]]:
+    """(input, output, problem or None) for every input, over the whole list so all ranks agree."""
+    from ..imageio import output_extension
+
+    inputs = {src.resolve(): src for src in files}
+    owner: dict[Path, Path] = {}
+    plan: list[tuple[Path, Path, str | None]] = []
+    for src in files:
+        out = outdir / f"{src.stem}{suffix}.{output_extension(src, ext)}"
+        problem = None
+        for target in (out, _maps_path(out)) if maps else (out,):
+            victim = inputs.get(target.resolve())
+            clash = owner.setdefault(target, src)
+            if victim is not None:
+                problem = (f"output would replace the input {victim}" if victim.resolve() != src.resolve()
+                           else "output would replace the input")
+            elif clash is not src:
+                problem = f"same output name {target} as {clash}"
+            if problem:
+                break
+        plan.append((src, out, problem))
+    return plan
+
+
+def _maps_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_maps.png")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..errors import HBPNError
+    from ..fileio import atomic_path
     from ..hub import load_model
-    from ..imageio import expand_inputs, output_extension, read_image, save_image, to_pil
-    from ..upscale import upscale_picture
+    from ..imageio import expand_inputs, read_image, save_image, to_pil
+    from ..inference import free_memory, memory_needed
+    from ..upscale import target_size, upscale_picture
 
     def say(kind: str, text: str) -> None:
         tqdm.write(f"hbpn upscale{tag}: {kind}: {text}", file=sys.stderr)
@@ -147,15 +190,7 @@ def run(args: argparse.Namespace) -> int:
         raise HBPNError("nothing to do: no input images found")
     suffix = f"_x{args.scale:g}" if args.suffix is None else args.suffix
     outdir = Path(args.output)
-
-    # Plan every output over the whole list (all ranks agree), then take this rank's share.
-    owner: dict[Path, Path] = {}
-    plan: list[tuple[Path, Path, str | None]] = []
-    for src in files:
-        out = outdir / f"{src.stem}{suffix}.{output_extension(src, args.ext)}"
-        clash = owner.setdefault(out, src)
-        plan.append((src, out, None if clash is src else f"same output name {out} as {clash}"))
-    plan = plan[rank::world]
+    plan = _plan(files, outdir, suffix, args.ext, args.save_maps)[rank::world]
 
     folder_error = None
     try:
@@ -166,13 +201,15 @@ def run(args: argparse.Namespace) -> int:
         folder_error = f"cannot create the output folder ({exc.strerror or exc})"
 
     model = load_model(args.model, device=_device(args.device, world)) if plan else None
+    device = next(model.parameters()).device if model is not None else None
     done = skipped = 0
     failed = len(unmatched) if rank == 0 else 0
     bar = tqdm(plan, desc=f"upscale{tag}", unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
     for src, out, problem in bar:
-        maps_out = out.with_name(f"{out.stem}_maps.png")
-        if problem is None and out.exists() and not args.overwrite:
-            say("skipped", f"{src}: {out} exists (use --overwrite to replace it)")
+        maps_out = _maps_path(out)
+        present = [p for p in ((out, maps_out) if args.save_maps else (out,)) if p.exists()]
+        if problem is None and present and not args.overwrite:
+            say("skipped", f"{src}: {present[0]} exists (use --overwrite to replace it)")
             skipped += 1
             continue
         if problem is None and folder_error:
@@ -186,22 +223,35 @@ def run(args: argparse.Namespace) -> int:
             picture = read_image(src, max_pixels=args.max_pixels)
             for note in picture.notes:
                 say("warning", f"{src}: {note}")
+            size = target_size(*picture.pixels.shape[:2], args.scale)
+            if args.max_output_pixels and size[0] * size[1] > args.max_output_pixels:
+                raise HBPNError(f"{src}: the {size[1]}x{size[0]} output has more pixels than "
+                                f"--max-output-pixels {args.max_output_pixels}")
+            need = memory_needed(model, size, tile=args.tile, precision=args.precision, maps=args.save_maps)
+            free = free_memory(device)
+            if free is not None and need > free:
+                raise HBPNError(f"{src}: the {size[1]}x{size[0]} output needs about {_gib(need)} of memory, "
+                                f"{_gib(free)} is free on {device} (use a smaller scale or --tile)")
             result, maps = upscale_picture(
                 picture, args.scale, model, tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble,
                 precision=args.precision, progress=_tile_bar(tiles, src.name), maps=args.save_maps,
             )
-            written = []
+            # Both files go to temporaries first and are renamed at the end (maps, then the
+            # image), so a failure leaves every file that was already there as it was.
+            target = out
             try:
-                for note in save_image(to_pil(result.pixels, result.bits, result.icc_profile), out,
-                                       quality=args.quality):
-                    say("warning", f"{src}: {note}")
-                written.append(out)
-                if maps is not None:
-                    save_image(to_pil(_maps_image(maps)), maps_out)
+                with atomic_path(out) as tmp_out:
+                    notes = save_image(to_pil(result.pixels, result.bits, result.icc_profile), tmp_out,
+                                       quality=args.quality)
+                    if maps is not None:
+                        target = maps_out
+                        with atomic_path(maps_out) as tmp_maps:
+                            save_image(to_pil(_maps_image(maps)), tmp_maps)
+                        target = out
             except OSError as exc:
-                for path in written:  # nothing is left behind for a failed input
-                    path.unlink(missing_ok=True)
-                raise HBPNError(f"cannot write {out if not written else maps_out} ({exc.strerror or exc})") from None
+                raise HBPNError(f"cannot write {target} ({exc.strerror or exc})") from None
+            for note in notes:
+                say("warning", f"{src}: {note}")
             done += 1
         except HBPNError as exc:
             text = str(exc)

@@ -8,11 +8,13 @@ drawn at random, the heads too: a pessimistic case).
 
     python benchmarks/upscale_seams.py                       # tiny, 40 fit steps
     python benchmarks/upscale_seams.py --preset small --steps 100
+    python benchmarks/upscale_seams.py --model default --tiles 256:16   # the shipped model
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import time
 
 import numpy as np
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     ap.add_argument("--steps", type=int, default=40, help="fit steps for the 'fit' model (default: 40)")
     ap.add_argument("--tiles", default="128:16,256:8,256:16,256:32", help="TILE:PAD pairs to measure")
+    ap.add_argument("--model", help="measure this weights file or shipped name instead of fit/random")
     args = ap.parse_args()
 
     from skimage import data
@@ -64,14 +67,20 @@ def main() -> None:
     lr_up = imresize(imresize(hr, scale=0.25), size=hr.shape[-2:]).clamp(0, 1)
     pairs = [tuple(int(v) for v in p.split(":")) for p in args.tiles.split(",")]
 
-    fit = HBPN(get_preset(args.preset))
-    t0 = time.perf_counter()
-    loss = quick_fit(fit, lr_up, hr, args.steps)
-    print(f"fit: {args.steps} steps in {time.perf_counter() - t0:.0f} s, final L1 {loss:.4f}")
-    rnd = HBPN(get_preset(args.preset))
-    randomize(rnd)
+    if args.model:
+        from hbpn.hub import load_model
+
+        models = [(Path(args.model).stem[:7], load_model(args.model, device="cpu"))]
+    else:
+        fit = HBPN(get_preset(args.preset))
+        t0 = time.perf_counter()
+        loss = quick_fit(fit, lr_up, hr, args.steps)
+        print(f"fit: {args.steps} steps in {time.perf_counter() - t0:.0f} s, final L1 {loss:.4f}")
+        rnd = HBPN(get_preset(args.preset))
+        randomize(rnd)
+        models = [("fit", fit), ("random", rnd)]
     print("model   tile  pad  mean|diff|  (8-bit levels)  max|diff| (levels)")
-    for name, model in (("fit", fit), ("random", rnd)):
+    for name, model in models:
         model.eval()
         ref, _ = run_model(model, lr_up, tile=0)
         for tile, pad in pairs:

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
+from ._args import whole_number
+
 T = TypeVar("T")
 
 
@@ -25,23 +27,6 @@ def _scales_arg(text: str) -> list[int]:
     if not scales or any(s < 1 for s in scales):
         raise argparse.ArgumentTypeError(f"scales must be positive integers, got {text!r}")
     return scales
-
-
-def _nonneg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _nonneg(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,13 +54,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (8 flips/rotations averaged)")
     p.add_argument("--out", default="eval-report", metavar="DIR",
                    help="folder for report.md, report.csv, report.json and pictures/ (default: eval-report)")
-    p.add_argument("--tile", type=_nonneg, default=0, metavar="PX",
+    p.add_argument("--tile", type=whole_number(0), default=0, metavar="PX",
                    help="run the model on tiles of PX pixels to save memory (default: 0, whole image)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    p.add_argument("--limit", type=_positive, default=None, metavar="N", help="score only the first N images of each set")
-    p.add_argument("--crop", type=_nonneg, default=None, metavar="PX",
+    p.add_argument("--limit", type=whole_number(1), default=None, metavar="N", help="score only the first N images of each set")
+    p.add_argument("--crop", type=whole_number(0), default=None, metavar="PX",
                    help="border pixels ignored when scoring (default: the scale; 0 for real pairs)")
-    p.add_argument("--samples", type=_nonneg, default=3, metavar="N",
+    p.add_argument("--samples", type=whole_number(0), default=3, metavar="N",
                    help="images per set shown in the comparison pictures (default: 3; 0: no pictures)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -7,17 +7,9 @@ import ipaddress
 import socket
 import sys
 
+from ._args import tile, whole_number
+
 DEFAULT_PORT = 8000
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _size_mb(text: str) -> float:
@@ -28,20 +20,6 @@ def _size_mb(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of megabytes, got {text!r}")
     return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _tile(text: str) -> int | str:
-    return "auto" if text == "auto" else _non_negative_int(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,16 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-upload-mb", type=_size_mb, default=20.0, help="largest upload in MiB (default: 20)")
     p.add_argument(
-        "--max-pixels", type=_positive_int, default=8_000_000,
+        "--max-pixels", type=whole_number(1), default=8_000_000,
         help="largest result in pixels, width x height after upscaling (default: 8000000)",
     )
     p.add_argument(
-        "--queue", type=_non_negative_int, default=4,
+        "--queue", type=whole_number(0), default=4,
         help="requests that may wait per model while one runs; more get 503 with Retry-After (default: 4)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument(
-        "--tile", type=_tile, default=None,
+        "--tile", type=tile, default=None,
         help="tile edge in output pixels, 0 for whole images, or 'auto' to fit free memory (default: 256)",
     )
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,

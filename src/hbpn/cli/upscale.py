@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ._args import tile, whole_number
+
 EPILOG = """\
 Examples:
   hbpn upscale -i photo.jpg -o out/                 # out/photo_x4.jpg
@@ -31,38 +33,6 @@ def _scale(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _tile(text: str) -> int | str:
-    from ..defaults import MIN_TILE
-
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value != 0 and value < MIN_TILE:
-        raise argparse.ArgumentTypeError(
-            f"tile must be 0 (no tiling), auto, or a number of pixels >= {MIN_TILE}, got {text!r}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _quality(text: str) -> int:
-    value = _non_negative(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"quality must be 1-100, got {text!r}")
-    return value
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     # torch-free defaults: building the parser (hbpn --help) must not import torch
     from ..defaults import DEFAULT_QUALITY, DEFAULT_TILE, DEFAULT_TILE_PAD, MIN_TILE
@@ -80,10 +50,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-s", "--scale", type=_scale, default=4.0, help="any real factor >= 1 (default: 4)")
     p.add_argument("-m", "--model", default=None,
                    help="weights: a .safetensors file or a shipped name (default: the shipped 'default')")
-    p.add_argument("-t", "--tile", type=_tile, default=DEFAULT_TILE, metavar="N|auto",
+    p.add_argument("-t", "--tile", type=tile, default=DEFAULT_TILE, metavar="N|auto",
                    help=f"tile edge in output pixels (>= {MIN_TILE}); 0 = whole image at once; auto = the largest "
                         f"that fits in free memory (default: {DEFAULT_TILE})")
-    p.add_argument("--tile-pad", type=_non_negative, default=DEFAULT_TILE_PAD, metavar="N",
+    p.add_argument("--tile-pad", type=whole_number(0), default=DEFAULT_TILE_PAD, metavar="N",
                    help=f"overlap on each side of a tile, blended (default: {DEFAULT_TILE_PAD})")
     p.add_argument("-x", "--ensemble", action="store_true",
                    help="x8 self-ensemble (4 rotations x flip, averaged): slightly better, 8x slower")
@@ -93,15 +63,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suffix", default=None, help="added to each output's stem (default: _x{scale}, e.g. _x4)")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
                    help="output format; auto keeps png/jpg/webp inputs' format, others become png (default: auto)")
-    p.add_argument("--quality", type=_quality, default=DEFAULT_QUALITY, metavar="Q",
+    p.add_argument("--quality", type=whole_number(1, 100), default=DEFAULT_QUALITY, metavar="Q",
                    help=f"JPEG/WebP quality 1-100 (default: {DEFAULT_QUALITY})")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
     p.add_argument("--save-maps", action="store_true",
                    help="also write the WR weighting maps as STEM{suffix}_maps.png (stage k in channel k)")
-    p.add_argument("--max-pixels", type=_non_negative, default=None, metavar="N",
+    p.add_argument("--max-pixels", type=whole_number(0), default=None, metavar="N",
                    help="refuse inputs with more pixels (decompression-bomb guard; 0 = no limit; "
                         "default: Pillow's, ~89 MP)")
-    p.add_argument("--max-output-pixels", type=_non_negative, default=0, metavar="N",
+    p.add_argument("--max-output-pixels", type=whole_number(0), default=0, metavar="N",
                    help="refuse inputs whose output would have more pixels (default: 0, no limit; inputs "
                         "that would not fit in free memory are refused anyway)")
     p.set_defaults(func=run)

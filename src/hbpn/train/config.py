@@ -90,9 +90,17 @@ class DegradeSection:
 
 @dataclass(frozen=True)
 class LossSection:
-    """L1 (mean) on the final image, plus ``stage_weight`` x mean L1 of the stage images."""
+    """L1 on the final image, plus ``stage_weight`` x the L1 of the stage images (their mean).
+
+    ``reduction``: ``mean`` over all elements, or ``sum`` as the original's
+    "MSE_loss" layer. It matters with ``optim.weight_decay``: Adam is blind to
+    the loss's scale but not to the L2 term added to the gradient, so a decay
+    tuned for a summed loss is ~10^5 times too strong against a mean and drives
+    weights with small gradients to zero.
+    """
 
     stage_weight: float = 0.0
+    reduction: Literal["mean", "sum"] = "mean"
 
 
 @dataclass(frozen=True)

@@ -226,10 +226,11 @@ class Trainer:
                    y.to(d.device, non_blocking=True, memory_format=fmt))
 
     def loss_fn(self, out: Tensor, stages: list[Tensor], y: Tensor) -> Tensor:
-        loss = F.l1_loss(out.float(), y)
+        red = self.cfg.loss.reduction
+        loss = F.l1_loss(out.float(), y, reduction=red)
         w = self.cfg.loss.stage_weight
         if w > 0:
-            loss = loss + w * sum(F.l1_loss(s.float(), y) for s in stages) / len(stages)
+            loss = loss + w * sum(F.l1_loss(s.float(), y, reduction=red) for s in stages) / len(stages)
         return loss
 
     def train_step(self, it: Iterator[tuple[Tensor, Tensor]]) -> Tensor:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,7 @@ from hbpn.train.config import config_from_dict
 from hbpn.train.trainer import Trainer, TrainingDiverged
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    # tiny convolutions on a shared 2-core box: one thread is several times faster
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from hbpn.model import HBPN
 from hbpn.upscale import check_scale, target_size, upscale, upscale_with_maps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared: one intra-op thread is far faster than two contended ones.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ Peak memory versus output size is measured by benchmarks/upscale_memory.py.
     python benchmarks/model_speed.py                          # all presets
     python benchmarks/model_speed.py --presets tiny,small --size 512
     python benchmarks/model_speed.py --model weights.safetensors --peak 60
+    python benchmarks/model_speed.py --presets lite --compile   # hbpn upscale --compile
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, best reported (default 3)")
     p.add_argument("--peak", type=float, default=None, help="matmul peak in GFLOP/s (default: measure, 2048^3)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each model first (hbpn.inference.compile_model; the warm-up builds it)")
     add_clock_options(p)
     args = p.parse_args()
     apply_clock_options(args)
@@ -93,21 +96,25 @@ def main() -> None:
         from hbpn.hub import load_model
 
         models.append((args.model, load_model(args.model, device="cpu")))
+    if args.compile:
+        from hbpn.inference import compile_model
+
+        models = [(f"{name}+compile", compile_model(model)) for name, model in models]
     info = machine()
     if not args.json:
         print_machine(info)
         print(f"fp32 matmul peak: {peak:.1f} GFLOP/s{'' if args.peak else ' (2048^3, measured now)'}")
-        print(f"{'model':>8} {'size':>5} {'GFLOP/MP':>9} {'model s/MP':>10} {'GFLOP/s':>8} {'%peak':>6} "
+        print(f"{'model':>13} {'size':>5} {'GFLOP/MP':>9} {'model s/MP':>10} {'GFLOP/s':>8} {'%peak':>6} "
               f"{'e2e s/MP':>9} {'e2e %peak':>9} {'overhead':>8}")
     for name, model in models:
-        size = args.size or DEFAULT_SIZE.get(name, 256)
+        size = args.size or DEFAULT_SIZE.get(name.removesuffix("+compile"), 256)
         row = measure(name, model, size, args.repeats, peak, args.tile)
         if args.json:
             print(json.dumps({**row, "peak_gflops": round(peak, 1), **info}))
             continue
         e2e = (f"{row['e2e_s_per_mp']:>9.3f} {100 * row['e2e_share_of_peak']:>8.1f}% {100 * row['e2e_overhead']:>7.1f}%"
                if "e2e_s_per_mp" in row else f"{'-':>9} {'-':>9} {'-':>8}")
-        print(f"{name:>8} {size:>5} {row['gflop_per_mp']:>9.1f} {row['model_s_per_mp']:>10.3f} "
+        print(f"{name:>13} {size:>5} {row['gflop_per_mp']:>9.1f} {row['model_s_per_mp']:>10.3f} "
               f"{row['model_gflops']:>8.1f} {100 * row['model_share_of_peak']:>5.1f}% {e2e}")
 
 

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hbpn.defaults import DEFAULT_TILE
+
 #: Output sizes (width, height) by megapixels; 8.3 MP is 4K UHD.
 SIZES = {"1": (1024, 1024), "4": (2048, 2048), "8.3": (3840, 2160)}
 
@@ -85,7 +87,7 @@ def activation_child(preset: str, edge: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", help="model preset, random weights (default: tiny)")
-    ap.add_argument("--tile", default="256", help="--tile for hbpn upscale: N, 0 or auto (default: 256)")
+    ap.add_argument("--tile", default=str(DEFAULT_TILE), help=f"--tile for hbpn upscale: N, 0 or auto (default: {DEFAULT_TILE})")
     ap.add_argument("--scale", type=int, default=4, help="upscaling factor (default: 4)")
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"output megapixels, from {', '.join(SIZES)}")
     ap.add_argument("--activations", metavar="PRESET:N,...",

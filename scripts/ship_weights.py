@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hardware", required=True, help="where it was trained")
     p.add_argument("--init-from", default="", help="what the run started from")
     p.add_argument("--eval", type=Path, help="hbpn eval report.json to summarise")
+    p.add_argument("--steps", help="total steps, when the weights came from several runs (default: from log.jsonl)")
+    p.add_argument("--wall-minutes", help="total training minutes, likewise (default: from log.jsonl)")
     args = p.parse_args(argv)
 
     model = load_model(args.weights, device="cpu")
@@ -73,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.init_from:
         meta["init_from"] = args.init_from
+    if args.steps:
+        meta["steps"] = args.steps
+    if args.wall_minutes:
+        meta["wall_minutes"] = args.wall_minutes
     if args.eval:
         meta["measured"] = eval_summary(args.eval)
     out = ROOT / "src" / "hbpn" / "weights" / f"{args.name}.safetensors"

@@ -50,8 +50,27 @@ def test_help_has_example(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "Examples:" in text and "hbpn upscale -i" in text
     for option in ("--tile", "--tile-pad", "--ensemble", "--precision", "--suffix", "--ext", "--quality",
-                   "--overwrite", "--save-maps", "--max-pixels", "--device"):
+                   "--overwrite", "--save-maps", "--max-pixels", "--device", "--threads", "--compile"):
         assert option in text
+
+
+def test_threads_and_compile_options(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hbpn.inference
+
+    compiled = []
+    monkeypatch.setattr(hbpn.inference, "compile_model", compiled.append)  # the real one: test_upscale.py
+    before = torch.get_num_threads()
+    Image.fromarray(rgb()).save(tmp_path / "a.png")
+    try:
+        assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--threads", "1",
+                  "--compile") == 0
+        assert torch.get_num_threads() == 1 and len(compiled) == 1
+    finally:
+        torch.set_num_threads(before)
+    assert Image.open(tmp_path / "o" / "a_x2.png").size == (40, 32)
+    with pytest.raises(SystemExit) as exc:
+        up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--threads", "0")
+    assert exc.value.code == 2
 
 
 def test_folder_file_and_glob(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:

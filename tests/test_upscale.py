@@ -13,7 +13,7 @@ from torch import nn
 from hbpn.config import get_preset
 from hbpn.errors import WeightsError
 from hbpn.imresize import imresize
-from hbpn.inference import activation_bytes_per_pixel, auto_tile, run_model
+from hbpn.inference import activation_bytes_per_pixel, auto_tile, compile_model, run_model
 from hbpn.model import HBPN
 from hbpn.upscale import check_scale, target_size, upscale, upscale_with_maps
 
@@ -198,6 +198,21 @@ def test_precision_bf16(model: HBPN) -> None:
     assert lo.dtype == torch.float32 and (lo - upscale(x, 1, model, tile=0)).abs().mean() < 0.02
     with pytest.raises(ValueError, match="precision"):
         upscale(x, 1, model, precision="fp8")
+
+
+@pytest.mark.slow  # building the graph takes ~20 s on one core
+def test_compile_model_matches_eager(model: HBPN) -> None:
+    import copy
+
+    x = torch.from_numpy(natural(40, 48)).permute(2, 0, 1)[None].float() / 255
+    ref, ref_maps = run_model(model, x, tile=0, maps=True)
+    net = copy.deepcopy(model)
+    assert compile_model(net) is net
+    graph = net.forward_all
+    assert compile_model(net).forward_all is graph  # compiled once, not wrapped again
+    out, maps = run_model(net, x, tile=0, maps=True)
+    assert (ref - x).abs().max() > 0.02  # the model changes the image, so equality means something
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(maps, ref_maps, atol=1e-5)
 
 
 @pytest.mark.slow  # the first meta-device trace in a process takes a few seconds

@@ -16,6 +16,7 @@ Examples:
   hbpn upscale -i photo.jpg -o out/                 # out/photo_x4.jpg
   hbpn upscale -i shots/ 'more/*.png' -o big/ -s 2.5 -t auto
   hbpn upscale -i scan.tif -o out/ -s 1 -m real     # restore at the same size
+  hbpn upscale -i frames/ -o out/ --compile --threads 2   # long CPU job, same-size frames
   torchrun --standalone --nproc_per_node=4 -m hbpn upscale -i frames/ -o out/
 
 The output is STEM{suffix}.{ext}, e.g. photo_x4.png, and round(h*scale) x
@@ -60,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="network arithmetic: fp16/bf16 use autocast, faster on GPUs (default: fp32)")
+    p.add_argument("--threads", type=whole_number(1), default=None, metavar="N",
+                   help="CPU threads for the network (default: PyTorch's, one per core); 1 is often faster "
+                        "on a machine busy with other work")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the network: ~30 s to build per tile shape, then ~1.3x faster on CPU; "
+                        "for long jobs of same-size images")
     p.add_argument("--suffix", default=None, help="added to each output's stem (default: _x{scale}, e.g. _x4)")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
                    help="output format; auto keeps png/jpg/webp inputs' format, others become png (default: auto)")
@@ -143,13 +150,17 @@ def run(args: argparse.Namespace) -> int:
     from ..fileio import atomic_path
     from ..hub import load_model
     from ..imageio import expand_inputs, read_image, save_image, to_pil
-    from ..inference import free_memory, memory_needed
+    from ..inference import compile_model, free_memory, memory_needed
     from ..upscale import target_size, upscale_picture
 
     def say(kind: str, text: str) -> None:
         tqdm.write(f"hbpn upscale{tag}: {kind}: {text}", file=sys.stderr)
 
     start = time.monotonic()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rank, world = _rank()
     tag = f" [rank {rank}/{world}]" if world > 1 else ""
     files, unmatched = expand_inputs(args.input)
@@ -171,6 +182,8 @@ def run(args: argparse.Namespace) -> int:
         folder_error = f"cannot create the output folder ({exc.strerror or exc})"
 
     model = load_model(args.model, device=_device(args.device, world)) if plan else None
+    if model is not None and args.compile:
+        compile_model(model)
     device = next(model.parameters()).device if model is not None else None
     done = skipped = 0
     failed = len(unmatched) if rank == 0 else 0

@@ -99,7 +99,8 @@ def main() -> None:
     if args.compile:
         from hbpn.inference import compile_model
 
-        models = [(f"{name}+compile", compile_model(model)) for name, model in models]
+        for _, model in models:
+            compile_model(model)
     info = machine()
     if not args.json:
         print_machine(info)
@@ -107,14 +108,14 @@ def main() -> None:
         print(f"{'model':>13} {'size':>5} {'GFLOP/MP':>9} {'model s/MP':>10} {'GFLOP/s':>8} {'%peak':>6} "
               f"{'e2e s/MP':>9} {'e2e %peak':>9} {'overhead':>8}")
     for name, model in models:
-        size = args.size or DEFAULT_SIZE.get(name.removesuffix("+compile"), 256)
-        row = measure(name, model, size, args.repeats, peak, args.tile)
+        size = args.size or DEFAULT_SIZE.get(name, 256)
+        row = measure(name + ("+compile" if args.compile else ""), model, size, args.repeats, peak, args.tile)
         if args.json:
             print(json.dumps({**row, "peak_gflops": round(peak, 1), **info}))
             continue
         e2e = (f"{row['e2e_s_per_mp']:>9.3f} {100 * row['e2e_share_of_peak']:>8.1f}% {100 * row['e2e_overhead']:>7.1f}%"
                if "e2e_s_per_mp" in row else f"{'-':>9} {'-':>9} {'-':>8}")
-        print(f"{name:>13} {size:>5} {row['gflop_per_mp']:>9.1f} {row['model_s_per_mp']:>10.3f} "
+        print(f"{row['model']:>13} {size:>5} {row['gflop_per_mp']:>9.1f} {row['model_s_per_mp']:>10.3f} "
               f"{row['model_gflops']:>8.1f} {100 * row['model_share_of_peak']:>5.1f}% {e2e}")
 
 

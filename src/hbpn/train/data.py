@@ -125,8 +125,11 @@ def pair_by_stem(
     return pairs, missing
 
 
-def _keep(shape: tuple[int, int], need: int, policy: str) -> bool:
-    return policy == "pad" or min(shape) >= need
+def _too_small(path: Path, shape: tuple[int, int], need: int, policy: str) -> str | None:
+    """Why ``path`` is skipped under ``small_images: skip``, or None to keep it."""
+    if policy == "pad" or min(shape) >= need:
+        return None
+    return f"{path}: {shape[1]}x{shape[0]} is smaller than the {need}-pixel patch"
 
 
 def load_hr_folders(folders: Sequence[str], cache: bool, need: int, policy: str) -> ImageSet:
@@ -139,8 +142,8 @@ def load_hr_folders(folders: Sequence[str], cache: bool, need: int, policy: str)
             except ImageReadError as exc:
                 out.skipped.append(str(exc))
                 continue
-            if not _keep(shape, need, policy):
-                out.skipped.append(f"{path}: {shape[1]}x{shape[0]} is smaller than the {need}-pixel patch")
+            if problem := _too_small(path, shape, need, policy):
+                out.skipped.append(problem)
                 continue
             out.hr_paths.append(path)
             out.hr.append(img)
@@ -172,8 +175,8 @@ def load_pairs(folder: str, pair_range: tuple[int, int] | None, cache: bool, nee
         except ImageReadError as exc:
             out.skipped.append(str(exc))
             continue
-        if not _keep(shape, need, policy):
-            out.skipped.append(f"{hr_path}: {shape[1]}x{shape[0]} is smaller than the {need}-pixel patch")
+        if problem := _too_small(hr_path, shape, need, policy):
+            out.skipped.append(problem)
             continue
         out.hr_paths.append(hr_path)
         out.lr_paths.append(lr_path)

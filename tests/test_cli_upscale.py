@@ -50,7 +50,7 @@ def test_help_has_example(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "Examples:" in text and "hbpn upscale -i" in text
     for option in ("--tile", "--tile-pad", "--ensemble", "--precision", "--suffix", "--ext", "--quality",
-                   "--overwrite", "--save-maps", "--max-pixels", "--device", "--threads", "--compile"):
+                   "--overwrite", "--save-maps", "--max-pixels", "--device", "--threads", "--compile", "--batch"):
         assert option in text
 
 
@@ -70,6 +70,18 @@ def test_threads_and_compile_options(tmp_path: Path, weights: Path, monkeypatch:
     assert Image.open(tmp_path / "o" / "a_x2.png").size == (40, 32)
     with pytest.raises(SystemExit) as exc:
         up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--threads", "0")
+    assert exc.value.code == 2
+
+
+def test_batch_option_same_result(tmp_path: Path, weights: Path) -> None:
+    Image.fromarray(rgb(40, 36)).save(tmp_path / "a.png")
+    args = ("-i", str(tmp_path / "a.png"), "--tile", "32", "--tile-pad", "4", "-x")
+    assert up(weights, *args, "-o", str(tmp_path / "one")) == 0
+    assert up(weights, *args, "-o", str(tmp_path / "three"), "--batch", "3") == 0
+    one, three = (np.asarray(Image.open(tmp_path / d / "a_x2.png"), dtype=int) for d in ("one", "three"))
+    assert one.shape == (80, 72, 3) and np.abs(one - three).max() <= 1  # float rounding may differ by batch
+    with pytest.raises(SystemExit) as exc:
+        up(weights, *args, "-o", str(tmp_path / "o"), "--batch", "0")
     assert exc.value.code == 2
 
 

@@ -7,7 +7,9 @@ fails under CI, so CI cannot skip it silently.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import shutil
 import socket
 import threading
@@ -60,10 +62,18 @@ def server(tmp_path: Path) -> Iterator[str]:
 
     weights = save_weights(HBPN(get_preset("tiny")), tmp_path / "tiny.safetensors")
     app = create_app(load_models([weights], device="cpu"))
+
+    async def late_health(scope, receive, send):  # type: ignore[no-untyped-def]
+        # /api/health answers late, as on a busy machine, so the page's waits below must poll:
+        # a wait that cannot poll under the page's CSP failed only then (a flaky test, now fixed)
+        if scope["type"] == "http" and scope["path"] == "/api/health":
+            await asyncio.sleep(0.5)
+        await app(scope, receive, send)
+
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))  # bound here, so the port is known and cannot be taken meanwhile
     port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    srv = uvicorn.Server(uvicorn.Config(late_health, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -89,7 +99,7 @@ def _photo(path: Path, w: int = 48, h: int = 32) -> Path:
 @pytest.mark.slow
 def test_page_upscales_an_image_in_chromium(server: str, tmp_path: Path) -> None:
     executable = _chromium()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     image = _photo(tmp_path / "photo.png")
     with sync_playwright() as p:
@@ -105,7 +115,10 @@ def test_page_upscales_an_image_in_chromium(server: str, tmp_path: Path) -> None
             page.on("request", lambda req: None if req.url.startswith(local) else remote.append(req.url))
 
             page.goto(server + "/")
-            page.wait_for_function("document.querySelector('#model').options.length > 0")
+            # Locator waits, never page.wait_for_function(string): when its first check fails,
+            # Playwright polls by evaluating the string in the page, which our CSP (no
+            # 'unsafe-eval') refuses, so the test failed whenever /api/health answered late.
+            page.locator("#model option").first.wait_for(state="attached")
             assert page.locator("#model").input_value() == "tiny"
             page.set_input_files("#file", str(image))
             page.fill("#scale", "2")
@@ -114,8 +127,10 @@ def test_page_upscales_an_image_in_chromium(server: str, tmp_path: Path) -> None
             # the browser names the page's origin, and the server's Origin check lets its own page through
             assert sent.value.all_headers().get("origin") == server
             page.wait_for_selector("#result[data-ready='true']", timeout=30_000)
-            for img in ("after", "before"):
-                page.wait_for_function(f"(i => i.complete && i.naturalWidth > 0)(document.getElementById('{img}'))")
+            for img in ("#after", "#before"):
+                expect(page.locator(img)).to_have_js_property("complete", True)
+            # the result's onload handler has sized the comparison (at least 512 px wide, so enlarged)
+            expect(page.locator("#compare")).to_have_class(re.compile(r"\benlarged\b"))
 
             natural = page.evaluate("(i => [i.naturalWidth, i.naturalHeight])(document.getElementById('after'))")
             assert natural == [96, 64]

@@ -241,3 +241,61 @@ def test_module_is_callable(identity: HBPN) -> None:
     mod = sys.modules["hbpn.upscale"]
     assert mod(np.zeros((3, 3, 3), np.uint8), 2, identity).shape == (6, 6, 3)
     assert hbpn.upscale(np.zeros((3, 3, 3), np.uint8), 2, identity).shape == (6, 6, 3)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_batched_passes_equal_one_by_one(model: HBPN, ensemble: bool) -> None:
+    # 2 images, non-square tiles (rotated passes change shape), a pass count that 3 does not divide
+    x = torch.rand(2, 3, 40, 56)
+    ref, ref_maps = run_model(model, x, tile=32, tile_pad=4, ensemble=ensemble, maps=True)
+    for batch in (2, 3, 64):
+        calls: list[tuple[int, int]] = []
+        out, maps = run_model(model, x, tile=32, tile_pad=4, ensemble=ensemble, maps=True, batch=batch,
+                              progress=lambda d, t, calls=calls: calls.append((d, t)))
+        assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(maps, ref_maps, atol=1e-6), batch
+        passes = 4 * (8 if ensemble else 1)  # 2 x 2 tiles of 24 x 32, in 1 or 8 orientations
+        assert calls[-1] == (passes, passes) and len(calls) >= -(-passes // batch)
+    assert torch.allclose(upscale(x, 1.5, model, tile=32, batch=4), upscale(x, 1.5, model, tile=32), atol=1e-6)
+    with pytest.raises(ValueError, match="batch"):
+        run_model(model, x, batch=0)
+
+
+def test_compiled_model_gets_full_batches(model: HBPN) -> None:
+    # A compiled graph has static shapes: run_model tops the last batch up instead of
+    # making the graph rebuild for a smaller one. Stand in for the graph with a recorder.
+    import copy
+
+    from hbpn.inference import is_compiled
+
+    net = copy.deepcopy(model)
+    sizes: list[int] = []
+    eager = net.forward_all
+
+    def recorder(t: torch.Tensor):  # type: ignore[no-untyped-def]
+        sizes.append(t.shape[0])
+        return eager(t)
+
+    assert not is_compiled(net)
+    net.forward_all = recorder  # type: ignore[method-assign]
+    assert is_compiled(net)
+    x = torch.rand(1, 3, 40, 56)
+    out, _ = run_model(net, x, tile=32, tile_pad=4, batch=3)  # 4 tiles: batches of 3 and 1 (+2 copies)
+    assert sizes == [3, 3]
+    sizes.clear()
+    run_model(net, x, tile=0, batch=4)  # one pass in all: not topped up to 4
+    assert sizes == [1]
+    assert torch.allclose(out, run_model(model, x, tile=32, tile_pad=4)[0], atol=1e-6)
+
+
+@pytest.mark.slow  # the first meta-device trace in a process takes a few seconds
+def test_memory_counts_the_batch(model: HBPN) -> None:
+    from hbpn.inference import memory_needed
+
+    one = memory_needed(model, (2000, 2000), tile=512)
+    four = memory_needed(model, (2000, 2000), tile=512, batch=4)
+    full = memory_needed(model, (2000, 2000), tile=0) - memory_needed(model, (2000, 2000), tile=512) + one
+    assert one < four < full and four - one == pytest.approx(3 * (one - memory_needed(model, (2000, 2000), tile=8)),
+                                                             rel=0.01)
+    cpu = torch.device("cpu")
+    assert auto_tile(model, cpu, (4000, 4000), free_bytes=2**30, batch=4) < auto_tile(model, cpu, (4000, 4000),
+                                                                                       free_bytes=2**30)

@@ -7,11 +7,12 @@ parser, e.g. for ``hbpn --help``, imports no deep-learning stack.
 from __future__ import annotations
 
 #: Default tile edge (pixels at output resolution) and overlap on each side.
-#: 512 by measurement (docs/PERFORMANCE.md): each tile costs a fixed few ms of
-#: per-op overhead and the overlaps are paid again per tile, so 256-px tiles made
-#: the shipped model 1.2-1.4x slower end to end at 0.26-4 MP; larger whole maps
-#: leave the cache (a whole 2048-px image ran at half the speed of 512-px tiles).
-DEFAULT_TILE = 512
+#: 1024 by measurement (docs/PERFORMANCE.md, benchmarks/large_images.py): every
+#: tile pays a fixed per-op overhead and its overlap again, so smaller tiles are
+#: slower (the shipped model at 1-8.3 MP, one core: 512-px tiles 1.06-1.23x,
+#: 768-px tiles 1.01-1.09x the time of 1024-px ones), while whole maps much
+#: larger leave the cache (a whole 2048-px image ran at half the speed).
+DEFAULT_TILE = 1024
 DEFAULT_TILE_PAD = 16
 #: Smallest tile edge ``hbpn upscale --tile`` accepts (0 and auto aside): below
 #: it the overlaps leave almost no useful pixels and the model's padding unit

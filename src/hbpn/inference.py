@@ -23,7 +23,7 @@ from .model import HBPN
 
 __all__ = [
     "DEFAULT_TILE", "DEFAULT_TILE_PAD", "PRECISIONS", "activation_bytes_per_pixel", "auto_tile", "autocast",
-    "compile_model", "free_memory", "memory_needed", "run_model",
+    "compile_model", "free_memory", "is_compiled", "memory_needed", "run_model",
 ]
 #: --precision names and their dtypes (fp32: no autocast).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -89,6 +89,16 @@ def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[in
     return t, [round(i * (size - t) / (n - 1)) for i in range(n)]
 
 
+def _batches(views: list[tuple[int, int, int]], size: int, swaps: bool) -> list[list[tuple[int, int, int]]]:
+    """Split ``(y0, x0, transform)`` views into batches of at most ``size`` that share a shape.
+
+    With ``swaps`` (a non-square tile) the odd transforms rotate by 90 degrees
+    and so cannot share a batch with the even ones.
+    """
+    groups = [[v for v in views if v[2] % 2 == odd] for odd in (0, 1)] if swaps else [views]
+    return [g[i : i + size] for g in groups for i in range(0, len(g), size)]
+
+
 @torch.no_grad()
 def run_model(
     model: HBPN,
@@ -100,6 +110,7 @@ def run_model(
     maps: bool = False,
     progress: Callable[[int, int], None] | None = None,
     precision: str | None = None,
+    batch: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """Restore ``x`` (B, 3, H, W) with ``model``; returns (image, weighting maps or None).
 
@@ -107,44 +118,49 @@ def run_model(
     evenly, and overlap their neighbours by at least ``2 * tile_pad``; overlaps are blended with a raised-cosine
     window, so there is no seam. With ``ensemble`` every tile is restored in the
     eight orientations and the results averaged (x8 self-ensemble).
-    ``progress(done, total)`` is called after each tile. ``precision``
-    (``"fp16"``, ``"bf16"``) runs the network under autocast; blending stays fp32.
+    ``batch`` tile passes (tiles, or orientations of a tile) go through the
+    network together: one forward of ``batch x B`` images. A compiled model
+    (:func:`compile_model`) gets every batch of an image at the same size, the
+    last one topped up with copies, so that one graph serves them all.
+    ``progress(done, total)`` is called after each batch, counting tile passes.
+    ``precision`` (``"fp16"``, ``"bf16"``) runs the network under autocast;
+    blending stays fp32.
     """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     b, _, h, w = x.shape
     tile = tile or max(h, w)
     if tile <= 2 * tile_pad:  # no room left between the overlaps: shrink them
         tile_pad = tile // 4
-    tile_h, ys = _layout(h, tile, tile_pad, model.cfg.multiple)
-    tile_w, xs = _layout(w, tile, tile_pad, model.cfg.multiple)
+    th, ys = _layout(h, tile, tile_pad, model.cfg.multiple)
+    tw, xs = _layout(w, tile, tile_pad, model.cfg.multiple)
     tfs = _transforms() if ensemble else _transforms()[:1]
-    n_stages = model.cfg.stages
+    wy = {y0: _window(th, tile_pad, y0 == 0, y0 + th >= h, x.device) for y0 in ys}
+    wx = {x0: _window(tw, tile_pad, x0 == 0, x0 + tw >= w, x.device) for x0 in xs}
     out = torch.zeros(b, 3, h, w, device=x.device, dtype=torch.float32)
-    out_maps = torch.zeros(b, n_stages, h, w, device=x.device, dtype=torch.float32) if maps else None
+    out_maps = torch.zeros(b, model.cfg.stages, h, w, device=x.device, dtype=torch.float32) if maps else None
     norm = torch.zeros(1, 1, h, w, device=x.device, dtype=torch.float32)
-    total, done = len(ys) * len(xs), 0
-    for y0 in ys:
-        th = tile_h
-        wy = _window(th, tile_pad, y0 == 0, y0 + th >= h, x.device)
-        for x0 in xs:
-            tw = tile_w
-            wx = _window(tw, tile_pad, x0 == 0, x0 + tw >= w, x.device)
-            patch = x[..., y0 : y0 + th, x0 : x0 + tw]
-            acc = torch.zeros(b, 3, th, tw, device=x.device, dtype=torch.float32)
-            acc_maps = torch.zeros(b, n_stages, th, tw, device=x.device, dtype=torch.float32) if maps else None
-            for fwd, inv in tfs:
-                with autocast(x.device, precision):
-                    res = model.forward_all(fwd(patch))
-                acc += inv(res.image).float()
-                if acc_maps is not None:
-                    acc_maps += inv(res.weights).float()
-            wgt = (wy[:, None] * wx[None, :])[None, None]
-            out[..., y0 : y0 + th, x0 : x0 + tw] += acc * wgt / len(tfs)
-            if out_maps is not None and acc_maps is not None:
-                out_maps[..., y0 : y0 + th, x0 : x0 + tw] += acc_maps * wgt / len(tfs)
-            norm[..., y0 : y0 + th, x0 : x0 + tw] += wgt
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    views = [(y0, x0, k) for y0 in ys for x0 in xs for k in range(len(tfs))]
+    chunks = _batches(views, batch, th != tw)
+    # never more than the image has passes: a one-tile image is not run 4 times over
+    full = max(map(len, chunks)) if is_compiled(model) else 0
+    done = 0
+    for chunk in chunks:
+        inputs = [tfs[k][0](x[..., y0 : y0 + th, x0 : x0 + tw]) for y0, x0, k in chunk]
+        inputs += inputs[-1:] * max(full - len(chunk), 0)
+        with autocast(x.device, precision):
+            res = model.forward_all(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+        for i, (y0, x0, k) in enumerate(chunk):
+            inv, part = tfs[k][1], slice(i * b, (i + 1) * b)
+            region = (..., slice(y0, y0 + th), slice(x0, x0 + tw))
+            wgt = (wy[y0][:, None] * wx[x0][None, :])[None, None] / len(tfs)
+            out[region] += inv(res.image[part]).float() * wgt
+            if out_maps is not None:
+                out_maps[region] += inv(res.weights[part]).float() * wgt
+            norm[region] += wgt
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(views))
     out /= norm
     if out_maps is not None:
         out_maps /= norm
@@ -154,14 +170,20 @@ def run_model(
 def compile_model(model: HBPN) -> HBPN:
     """Make ``model.forward_all`` (what :func:`run_model` calls) a ``torch.compile`` graph; returns ``model``.
 
-    Static shapes: each new tile shape builds a graph, about 30 s for ``lite``
+    Static shapes: each new tile shape builds a graph, 30-60 s for ``lite``
     on one CPU core, so it pays for long jobs whose tiles share a shape (a
-    folder of same-size images). On one core it made ``lite`` 1.31x faster
-    (docs/PERFORMANCE.md); the output equals eager's up to float rounding.
+    folder of same-size images). On CPU it made ``lite`` 1.03-1.3x faster, most
+    on small tiles and on two cores (docs/PERFORMANCE.md); the output equals
+    eager's up to float rounding.
     """
-    if "forward_all" not in vars(model):  # the compiled graph shadows the method: compile once
+    if not is_compiled(model):
         model.forward_all = torch.compile(model.forward_all, dynamic=False)  # type: ignore[method-assign]
     return model
+
+
+def is_compiled(model: HBPN) -> bool:
+    """Whether :func:`compile_model` has compiled ``model`` (its graph shadows the method)."""
+    return "forward_all" in vars(model)
 
 
 def autocast(device: torch.device, precision: str | None) -> AbstractContextManager[Any]:
@@ -241,10 +263,12 @@ def auto_tile(
     *,
     precision: str | None = None,
     free_bytes: int | None = None,
+    batch: int = 1,
 ) -> int:
     """The tile edge for ``--tile auto``: as large as fits in a share of free memory.
 
-    Returns 0 (no tiling) when the whole ``image_hw`` fits. ``free_bytes``
+    ``batch`` tiles are in memory at once. Returns 0 (no tiling) when the whole
+    ``image_hw`` fits. ``free_bytes``
     overrides the measured free memory (for tests). Unknown free memory falls
     back to :data:`DEFAULT_TILE`.
     """
@@ -252,7 +276,7 @@ def auto_tile(
     if free is None:
         return DEFAULT_TILE
     per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
-    edge = int(math.sqrt(max(free, 0) * MEMORY_SHARE / per_px))
+    edge = int(math.sqrt(max(free, 0) * MEMORY_SHARE / per_px / batch))
     if image_hw[0] * image_hw[1] <= edge * edge:
         return 0
     m = model.cfg.multiple
@@ -266,11 +290,12 @@ def memory_needed(
     tile: int | str | None = DEFAULT_TILE,
     precision: str | None = None,
     maps: bool = False,
+    batch: int = 1,
 ) -> int:
     """Estimated peak bytes to upscale to an ``image_hw`` output with ``model``.
 
     The whole-image buffers (:data:`IMAGE_BYTES_PER_PIXEL`, plus the maps) and
-    the activations of one tile (``"auto"``: the tile :func:`auto_tile` picks).
+    the activations of ``batch`` tiles (``"auto"``: the tile :func:`auto_tile` picks).
     Compare it with :func:`free_memory` before starting, so that an image that
     cannot fit fails at once instead of the process being killed part way.
     """
@@ -278,9 +303,9 @@ def memory_needed(
     per_pixel = IMAGE_BYTES_PER_PIXEL + (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_STAGE * model.cfg.stages if maps else 0)
     full = h * w * per_pixel
     if tile == "auto":
-        tile = auto_tile(model, next(model.parameters()).device, image_hw, precision=precision)
+        tile = auto_tile(model, next(model.parameters()).device, image_hw, precision=precision, batch=batch)
     edge = int(tile or max(h, w))  # type: ignore[arg-type]
     m = model.cfg.multiple
     th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
     per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
-    return int(full + per_px * th * tw)
+    return int(full + per_px * th * tw * batch)

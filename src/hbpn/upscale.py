@@ -89,6 +89,7 @@ def _restore(
     precision: str | None,
     progress: Progress | None,
     maps: bool,
+    batch: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """(N, C, h, w) float in [0, 1], C in 1..4 -> (N, C, H, W) at the target size, and the maps."""
     from .imresize import imresize
@@ -108,7 +109,7 @@ def _restore(
         return (t if (h, w) == size else imresize(t.contiguous(), size=size)).clamp(0.0, 1.0)
 
     if tile == "auto":
-        tile = auto_tile(model, device, size, precision=precision)
+        tile = auto_tile(model, device, size, precision=precision, batch=batch)
     elif isinstance(tile, str):
         raise ValueError(f"tile must be a number of pixels, 0/None (no tiling) or 'auto', got {tile!r}")
     out, weight_maps = run_model(
@@ -120,6 +121,7 @@ def _restore(
         maps=maps,
         progress=progress,
         precision=precision,
+        batch=batch,
     )
     out = out.clamp(0.0, 1.0)
     if color_ch == 1:
@@ -141,6 +143,7 @@ def upscale_picture(
     precision: str | None = None,
     progress: Progress | None = None,
     maps: bool = False,
+    batch: int = 1,
 ) -> tuple[Picture, np.ndarray | None]:
     """Upscale a decoded :class:`~hbpn.imageio.Picture` (what :func:`hbpn.imageio.read_image`
     returns); the result keeps its bit depth and ICC profile. Maps: ``H x W x S`` float or None."""
@@ -150,7 +153,7 @@ def upscale_picture(
     with torch.no_grad():
         out, weight_maps = _restore(
             x, scale, net, tile=tile, tile_pad=tile_pad, ensemble=ensemble,
-            precision=precision, progress=progress, maps=maps,
+            precision=precision, progress=progress, maps=maps, batch=batch,
         )
     pixels = out[0].permute(1, 2, 0).cpu().numpy()
     result = Picture(pixels, picture.bits, picture.icc_profile, picture.format)
@@ -198,6 +201,7 @@ def upscale_with_maps(
     device: str | torch.device | None = None,
     precision: str | None = None,
     progress: Progress | None = None,
+    batch: int = 1,
 ) -> tuple[ImageT, Tensor]:
     """Like :func:`upscale`, and also the WR block's softmax weighting maps.
 
@@ -206,7 +210,7 @@ def upscale_with_maps(
     for a batched tensor input.
     """
     return _upscale(image, scale, model, tile=tile, tile_pad=tile_pad, ensemble=ensemble, device=device,
-                    precision=precision, progress=progress, maps=True)  # type: ignore[return-value]
+                    precision=precision, progress=progress, maps=True, batch=batch)  # type: ignore[return-value]
 
 
 def upscale(
@@ -220,6 +224,7 @@ def upscale(
     device: str | torch.device | None = None,
     precision: str | None = None,
     progress: Progress | None = None,
+    batch: int = 1,
 ) -> ImageT:
     """Upscale ``image`` by ``scale`` with HBPN.
 
@@ -239,7 +244,10 @@ def upscale(
         ensemble: x8 geometric self-ensemble (8 times slower, a little better).
         device: where to run when ``model`` is loaded here (default: best available).
         precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"`` (autocast).
-        progress: called as ``progress(done, total)`` after each tile.
+        progress: called as ``progress(done, total)`` after each batch of tile
+            passes (a tile, or with ``ensemble`` one orientation of a tile).
+        batch: tile passes per forward of the network; more than 1 can use
+            the cores better on small tiles (docs/PERFORMANCE.md).
 
     Returns:
         The same kind as ``image``: a PIL image of the same mode family (16-bit
@@ -248,7 +256,7 @@ def upscale(
         of the same layout, dtype and device.
     """
     return _upscale(image, scale, model, tile=tile, tile_pad=tile_pad, ensemble=ensemble, device=device,
-                    precision=precision, progress=progress, maps=False)[0]
+                    precision=precision, progress=progress, maps=False, batch=batch)[0]
 
 
 def _upscale(image: Any, scale: float, model: ModelSource, *, maps: bool, **kw: Any) -> tuple[Any, Tensor | None]:

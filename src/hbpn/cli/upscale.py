@@ -65,8 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CPU threads for the network (default: PyTorch's, one per core); 1 is often faster "
                         "on a machine busy with other work")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network: ~30 s to build per tile shape, then ~1.3x faster on CPU; "
+                   help="torch.compile the network: 30-60 s to build per tile shape, then up to 1.3x faster on CPU; "
                         "for long jobs of same-size images")
+    p.add_argument("--batch", type=whole_number(1), default=1, metavar="N",
+                   help="tile passes (tiles, or -x orientations) per forward of the network: 2-4 can keep more "
+                        "cores busy on small tiles, at N tiles' memory (default: 1)")
     p.add_argument("--suffix", default=None, help="added to each output's stem (default: _x{scale}, e.g. _x4)")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
                    help="output format; auto keeps png/jpg/webp inputs' format, others become png (default: auto)")
@@ -210,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
             if args.max_output_pixels and size[0] * size[1] > args.max_output_pixels:
                 raise HBPNError(f"{src}: the {size[1]}x{size[0]} output has more pixels than "
                                 f"--max-output-pixels {args.max_output_pixels}")
-            need = memory_needed(model, size, tile=args.tile, precision=args.precision, maps=args.save_maps)
+            need = memory_needed(model, size, tile=args.tile, precision=args.precision, maps=args.save_maps,
+                                 batch=args.batch)
             free = free_memory(device)
             if free is not None and need > free:
                 raise HBPNError(f"{src}: the {size[1]}x{size[0]} output needs about {_gib(need)} of memory, "
@@ -218,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             result, maps = upscale_picture(
                 picture, args.scale, model, tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble,
                 precision=args.precision, progress=_tile_bar(tiles, src.name), maps=args.save_maps,
+                batch=args.batch,
             )
             # Both files go to temporaries first and are renamed at the end (maps, then the
             # image), so a failure leaves every file that was already there as it was.
@@ -253,14 +258,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _tile_bar(holder: list, name: str) -> Callable[[int, int], None]:
-    """A progress callback that opens a nested tile bar once an image has more than 4 tiles."""
+    """A progress callback that opens a nested bar once an image takes more than 4 tile passes."""
     from tqdm import tqdm
 
     def progress(done: int, total: int) -> None:
         if total <= 4:
             return
         if not holder:
-            holder.append(tqdm(total=total, desc=name, unit="tile", leave=False, position=1,
+            holder.append(tqdm(total=total, desc=name, unit="pass", leave=False, position=1,
                                file=sys.stderr, disable=None, dynamic_ncols=True))
         holder[0].update(done - holder[0].n)
 

@@ -88,7 +88,7 @@ def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[in
     if size <= tile:
         return size, [0]
     units = -(-size // multiple)  # everything below counts in units of `multiple`
-    overlap = max(1, -(-2 * pad // multiple))
+    overlap = -(-2 * pad // multiple)
     biggest = max(tile // multiple, overlap + 1)
     if units <= biggest:
         return units * multiple, [0]

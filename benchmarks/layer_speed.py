@@ -22,7 +22,7 @@ from _bench import machine, print_machine
 from torch import Tensor, nn
 
 from hbpn.config import get_preset
-from hbpn.model import HBPN
+from hbpn.model import HBPN, conv_macs
 
 
 def main() -> None:
@@ -43,14 +43,12 @@ def main() -> None:
 
     def after(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         seconds = time.perf_counter() - started[mod]
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        deconv = isinstance(mod, nn.ConvTranspose2d)
-        macs = inp[0].numel() * mod.out_channels * k if deconv else out.numel() * mod.in_channels * k
-        key = (f"{'deconv' if deconv else 'conv'} {mod.kernel_size[0]}x{mod.kernel_size[1]}/{mod.stride[0]} "
+        kind = "deconv" if isinstance(mod, nn.ConvTranspose2d) else "conv"
+        key = (f"{kind} {mod.kernel_size[0]}x{mod.kernel_size[1]}/{mod.stride[0]} "
                f"{mod.in_channels}->{mod.out_channels} at {inp[0].shape[-2]}x{inp[0].shape[-1]}")
         g = groups[key]
         g[0] += seconds
-        g[1] += 2 * macs
+        g[1] += 2 * conv_macs(mod, inp[0], out)
         g[2] += 1
 
     for m in model.modules():

@@ -280,9 +280,8 @@ def auto_tile(
     """The tile edge for ``--tile auto``: as large as fits in a share of free memory.
 
     ``batch`` tiles are in memory at once. Returns 0 (no tiling) when the whole
-    ``image_hw`` fits. ``free_bytes``
-    overrides the measured free memory (for tests). Unknown free memory falls
-    back to :data:`DEFAULT_TILE`.
+    ``image_hw`` fits. ``free_bytes`` overrides the measured free memory (for
+    tests). Unknown free memory falls back to :data:`DEFAULT_TILE`.
     """
     free = free_memory(device) if free_bytes is None else free_bytes
     if free is None:

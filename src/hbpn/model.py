@@ -239,6 +239,14 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def conv_macs(mod: nn.Module, inp: Tensor, out: Tensor) -> int:
+    """Multiply-accumulates of one call of a Conv2d or ConvTranspose2d ``mod`` (``inp`` -> ``out``)."""
+    k = mod.kernel_size[0] * mod.kernel_size[1]
+    if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout block
+        return inp.numel() * mod.out_channels * k // mod.groups
+    return out.numel() * (mod.in_channels // mod.groups) * k
+
+
 def macs_per_megapixel(model: HBPN, size: int = 64) -> float:
     """Multiply-accumulates of every (de)convolution per output megapixel.
 
@@ -249,11 +257,7 @@ def macs_per_megapixel(model: HBPN, size: int = 64) -> float:
 
     def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         nonlocal total
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout block
-            total += inp[0].numel() * mod.out_channels * k // mod.groups
-        else:
-            total += out.numel() * (mod.in_channels // mod.groups) * k
+        total += conv_macs(mod, inp[0], out)
 
     size = -(-size // model.cfg.multiple) * model.cfg.multiple
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]

@@ -36,9 +36,17 @@ def test_paper_config_mirrors_the_solver() -> None:
     assert cfg.data.patch == 256 and cfg.val.every == 5000 and cfg.train.ckpt_every == 1000
 
 
-def test_real_config_withholds_the_last_ten_pairs() -> None:
+def test_real_config_never_trains_on_the_held_out_pairs() -> None:
+    import runpy
+
+    held_out = runpy.run_path(str(CONFIGS.parent / "scripts" / "make_eval_sets.py"))["HELD_OUT"]
     cfg = load_config(CONFIGS / "real-cpu.yaml")
-    assert cfg.data.pair_range == (0, 40) and cfg.val.pair_range == (40, 50)
+    trained = {Path(src.dir).name: src.range for src in cfg.data.pairs}
+    assert set(trained) == set(held_out)
+    for camera, (start, stop) in held_out.items():
+        lo, hi = trained[camera]
+        assert hi <= start or lo >= stop, camera  # disjoint from the held-out pairs
+    assert cfg.degrade.kind == "second_order" and 0 < cfg.data.pair_share < 1
     assert cfg.model.preset is None and cfg.train.init_from
 
 
@@ -55,7 +63,14 @@ def test_real_config_withholds_the_last_ten_pairs() -> None:
         ({"train": {"ema": 1.5}}, "config key 'train.ema' must be in (0, 1)"),
         ({"model": {"preset": "huge"}}, "unknown preset 'huge'"),
         ({"train": {"accumulate": {0: 0}}}, "config key 'train.accumulate'"),
-        ({"data": {"hr_dirs": ["a"], "paired_dir": "b"}}, "both set"),
+        ({"data": {"hr_dirs": ["a"], "paired_dir": "b"}}, "list every paired folder under data.pairs"),
+        ({"data": {"pairs": [{"range": [0, 2]}]}}, "config key 'data.pairs[0].dir' is required"),
+        ({"data": {"pairs": [{"dir": "x", "range": [3, 1]}]}}, "data.pairs[0].range"),
+        ({"data": {"hr_dirs": ["a"], "pairs": [{"dir": "b"}], "pair_share": 1}}, "data.pair_share"),
+        ({"data": {"hr_dirs": ["a"]}, "degrade": {"poisson_prob": 0.5}}, "needs degrade.kind: second_order"),
+        ({"data": {"hr_dirs": ["a"]}, "degrade": {"kind": "second_order", "kernels": ["lanczos"]}}, "degrade.kernels"),
+        ({"data": {"hr_dirs": ["a"]}, "degrade": {"kind": "second_order", "second_prob": 2}}, "degrade.second_prob"),
+        ({"data": {"hr_dirs": ["a"]}, "degrade": {"poisson_scale": [2, 1]}}, "degrade.poisson_scale"),
         ({"degrade": {"blur_sigma": [0, 1]}}, "config key 'degrade.blur_sigma' must be [lo, hi], 0 < lo <= hi"),
         ({"degrade": {"aniso_sigma": [-1, 2]}}, "config key 'degrade.aniso_sigma'"),
         ({"degrade": {"noise_sigma": [5, 1]}}, "config key 'degrade.noise_sigma'"),

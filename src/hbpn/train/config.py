@@ -50,6 +50,14 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class PairSource:
+    """One folder of ``HR/`` + ``LR/`` pairs; ``range``: ``[start, stop)`` of its sorted pairs."""
+
+    dir: str
+    range: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class DataSection:
     """Where training patches come from.
 
@@ -57,11 +65,17 @@ class DataSection:
     paired_dir: a folder with ``HR/`` and ``LR/`` sub-folders of same-named
         images; LR smaller than HR is upsampled to HR size with ``imresize``.
     pair_range: ``[start, stop)`` indices into the sorted pairs (Python slice).
+    pairs: several paired folders, each with its own range (``[{dir: ..,
+        range: [0, 40]}, ..]``); with ``hr_dirs`` too, a mixture: each sample
+        comes from a pair with probability ``pair_share``, else from an HR
+        image degraded on the fly.
     """
 
     hr_dirs: tuple[str, ...] = ()
     paired_dir: str | None = None
     pair_range: tuple[int, int] | None = None
+    pairs: tuple[PairSource, ...] = ()
+    pair_share: float = 0.5
     patch: int = 256
     scales: tuple[float, ...] = (2.0, 3.0, 4.0, 8.0)
     scale_range: tuple[float, float] | None = None
@@ -73,19 +87,37 @@ class DataSection:
 
 @dataclass(frozen=True)
 class DegradeSection:
-    """Optional real-world extras for synthetic data; each has its own probability.
+    """How synthetic inputs are made from HR patches; each extra has its own probability.
 
-    Sigmas of blur are in HR pixels; noise sigma is in 0..255 grey levels.
+    kind: ``classic``: blur the HR patch, bicubic down to the LR size, noise,
+        JPEG, in that order (one pass). ``second_order``: one or two passes
+        (``second_prob``) of blur, resize with a random ``kernels`` entry,
+        noise and JPEG, each pass in a random order with ``shuffle_prob``;
+        the first of two passes resizes part of the way (``s ** U(0.3, 0.7)``),
+        the last to the LR size. A PSNR-oriented version of Real-ESRGAN's
+        second-order model; either way the LR is then brought back to the HR
+        size with bicubic, as the network's input.
+    Blur sigmas are in pixels of the image blurred; noise sigma in 0..255
+    levels; ``gray_noise_prob`` of the Gaussian noise is the same in all
+    channels; Poisson-like noise has a strength ``poisson_scale`` (1: shot
+    noise of a 255-photon sensor).
     """
 
+    kind: Literal["classic", "second_order"] = "classic"
     blur_prob: float = 0.0
     blur_sigma: tuple[float, float] = (0.2, 2.0)
     aniso_prob: float = 0.0
     aniso_sigma: tuple[float, float] = (0.2, 3.0)
     noise_prob: float = 0.0
     noise_sigma: tuple[float, float] = (1.0, 10.0)
+    gray_noise_prob: float = 0.0
+    poisson_prob: float = 0.0
+    poisson_scale: tuple[float, float] = (0.05, 2.0)
     jpeg_prob: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 95)
+    kernels: tuple[str, ...] = ("bicubic",)
+    second_prob: float = 0.0
+    shuffle_prob: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -262,21 +294,48 @@ def _check(cfg: TrainConfig) -> None:
         (all(0 <= b < 1 for b in o.betas), "optim.betas", "must both be in [0, 1)"),
         (o.eps >= 0, "optim.eps", "must be >= 0"),
         (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
-        (1 <= g.jpeg_quality[0] <= g.jpeg_quality[1] <= 100, "degrade.jpeg_quality", "must be [lo, hi], 1 <= lo <= hi <= 100"),
+        (0 < d.pair_share < 1 or not (d.hr_dirs and d.pairs), "data.pair_share",
+         "must be in (0, 1) for a mixture of data.hr_dirs and data.pairs"),
     ]
-    for p in ("blur_sigma", "aniso_sigma", "noise_sigma"):
-        lo, hi = getattr(g, p)
-        checks.append((0 < lo <= hi, f"degrade.{p}", "must be [lo, hi], 0 < lo <= hi"))
-    for p in ("blur_prob", "aniso_prob", "noise_prob", "jpeg_prob"):
-        checks.append((0 <= getattr(g, p) <= 1, f"degrade.{p}", "must be in [0, 1]"))
     for ok, key, msg in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {msg}")
-    if not d.hr_dirs and d.paired_dir is None:
-        raise ConfigError("config key 'data' needs hr_dirs (HR-only folders) or paired_dir (HR/ + LR/ pairs)")
-    if d.hr_dirs and d.paired_dir is not None:
-        raise ConfigError("config keys 'data.hr_dirs' and 'data.paired_dir' are both set: train on one kind at a time")
+    if not d.hr_dirs and d.paired_dir is None and not d.pairs:
+        raise ConfigError("config key 'data' needs hr_dirs (HR-only folders), pairs or paired_dir (HR/ + LR/ pairs)")
+    if d.paired_dir is not None and (d.hr_dirs or d.pairs):
+        raise ConfigError("config key 'data.paired_dir' is set with data.hr_dirs or data.pairs: "
+                          "list every paired folder under data.pairs for a mixture")
+    for i, src in enumerate(d.pairs):
+        r = src.range
+        if r is not None and not 0 <= r[0] < r[1]:
+            raise ConfigError(f"config key 'data.pairs[{i}].range' must be [start, stop) with 0 <= start < stop")
+    _check_degrade(g)
     if cfg.model.preset is None and t.init_from is None:
         raise ConfigError("config key 'model.preset' is null but train.init_from is not set")
     if cfg.model.preset is not None:
         cfg.model.to_hbpn_config()  # raises on a bad preset or override
+
+
+KERNELS = ("bicubic", "bilinear", "area")
+
+
+def _check_degrade(g: DegradeSection) -> None:
+    """Ranges of the degradation model, each naming its key."""
+    checks = [
+        (1 <= g.jpeg_quality[0] <= g.jpeg_quality[1] <= 100, "jpeg_quality", "must be [lo, hi], 1 <= lo <= hi <= 100"),
+        (bool(g.kernels) and all(k in KERNELS for k in g.kernels), "kernels",
+         f"must list one or more of {', '.join(KERNELS)}"),
+    ]
+    for p in ("blur_sigma", "aniso_sigma", "noise_sigma", "poisson_scale"):
+        lo, hi = getattr(g, p)
+        checks.append((0 < lo <= hi, p, "must be [lo, hi], 0 < lo <= hi"))
+    for p in ("blur_prob", "aniso_prob", "noise_prob", "gray_noise_prob", "poisson_prob", "jpeg_prob",
+              "second_prob", "shuffle_prob"):
+        checks.append((0 <= getattr(g, p) <= 1, p, "must be in [0, 1]"))
+    if g.kind == "classic":
+        for p in ("gray_noise_prob", "poisson_prob", "second_prob", "shuffle_prob"):
+            checks.append((getattr(g, p) == 0, p, "needs degrade.kind: second_order"))
+        checks.append((g.kernels == ("bicubic",), "kernels", "needs degrade.kind: second_order"))
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key {'degrade.' + key!r} {msg}")

@@ -162,7 +162,7 @@ def load_pairs(folder: str, pair_range: tuple[int, int] | None, cache: bool, nee
     if pair_range is not None:
         hr_files = hr_files[pair_range[0] : pair_range[1]]
         if not hr_files:
-            raise HBPNError(f"{root}: data.pair_range {list(pair_range)} selects no pairs")
+            raise HBPNError(f"{root}: the pair range {list(pair_range)} selects no pairs")
     pairs, missing = pair_by_stem(hr_files, list_images(lr_dir))
     out = ImageSet(hr_paths=[], lr_paths=[], skipped=missing)
     assert out.lr_paths is not None
@@ -213,8 +213,12 @@ class PatchDataset(Dataset):
     cropped at the same place in HR and LR.
     """
 
-    def __init__(self, images: ImageSet, data: DataSection, degrade_cfg: DegradeSection, seed: int) -> None:
-        self.images, self.data, self.degrade_cfg, self.seed = images, data, degrade_cfg, seed
+    def __init__(
+        self, images: ImageSet, data: DataSection, degrade_cfg: DegradeSection, seed: int,
+        pairs: ImageSet | None = None,
+    ) -> None:
+        """``pairs``: real pairs mixed in (``data.pair_share`` of the samples) beside HR-only ``images``."""
+        self.images, self.data, self.degrade_cfg, self.seed, self.pairs = images, data, degrade_cfg, seed, pairs
 
     def __len__(self) -> int:
         return len(self.images)
@@ -222,7 +226,10 @@ class PatchDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
         rng = np.random.default_rng([self.seed, epoch, index])
-        hr, lr = self.images.get(index)
+        images = self.images
+        if self.pairs is not None and rng.random() < self.data.pair_share:
+            images, index = self.pairs, int(rng.integers(len(self.pairs)))
+        hr, lr = images.get(index)
         p, d = self.data.patch, self.data
         if lr is None:
             scale = draw_scale(rng, d.scales, d.scale_range)
@@ -289,10 +296,34 @@ def make_loader(
 
 
 def load_training_images(data: DataSection) -> ImageSet:
-    """The configured training images; small images padded or skipped per ``data.small_images``."""
+    """The configured training images; small images padded or skipped per ``data.small_images``.
+
+    HR-only folders when there are any (mix in :func:`load_training_pairs`),
+    else the pairs.
+    """
     need = max(region_size(data.patch, s)[0] for s in (data.scales or (1.0,)))
     if data.scale_range is not None:
         need = max(need, region_size(data.patch, data.scale_range[1])[0])
     if data.paired_dir is not None:
         return load_pairs(data.paired_dir, data.pair_range, data.cache, data.patch, data.small_images)
+    if not data.hr_dirs:
+        pairs = load_training_pairs(data)
+        assert pairs is not None
+        return pairs
     return load_hr_folders(data.hr_dirs, data.cache, need, data.small_images)
+
+
+def load_training_pairs(data: DataSection) -> ImageSet | None:
+    """All pairs of ``data.pairs`` as one set (each folder its own range); None when there are none."""
+    if not data.pairs:
+        return None
+    out = ImageSet(hr_paths=[], lr_paths=[])
+    for src in data.pairs:
+        part = load_pairs(src.dir, src.range, data.cache, data.patch, data.small_images)
+        assert out.lr_paths is not None and part.lr_paths is not None
+        out.hr_paths += part.hr_paths
+        out.lr_paths += part.lr_paths
+        out.hr += part.hr
+        out.lr += part.lr
+        out.skipped += part.skipped
+    return out

@@ -79,6 +79,8 @@ def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, 
     Works on contiguous channel-first tensors: imresize is much faster on
     those than on H x W x C numpy views.
     """
+    if cfg.kind == "second_order":
+        return degrade_second_order(hr, lr_hw, rng, cfg)
     h, w = hr.shape[-2:]
     src = hr
     if cfg.aniso_prob > 0 and rng.random() < cfg.aniso_prob:
@@ -96,3 +98,91 @@ def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, 
         lr = jpeg(lr, int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
     up = imresize(lr.float().div_(255.0), size=(h, w))
     return up.clamp_(0.0, 1.0)
+
+
+# ---------------------------------------------------------------- second order
+# Float images in 0..255 (3 x H x W) between the steps; rounded to uint8 only
+# for JPEG and at the end, where a real LR image is stored as 8-bit.
+
+
+def resize(img: torch.Tensor, hw: tuple[int, int], kernel: str) -> torch.Tensor:
+    """Resize a 3 x H x W float image to ``hw`` with ``kernel`` (anti-aliased when shrinking)."""
+    if tuple(img.shape[-2:]) == hw:
+        return img
+    if kernel == "bicubic":
+        return imresize(img.contiguous(), size=hw)
+    mode = "bilinear" if kernel == "bilinear" else "area"
+    extra = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
+    return F.interpolate(img[None], size=hw, mode=mode, **extra)[0]
+
+
+def _blur_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
+    if cfg.aniso_prob > 0 and rng.random() < cfg.aniso_prob:
+        sx, sy = rng.uniform(*cfg.aniso_sigma, size=2)
+        kernel = gaussian_kernel(float(sx), float(sy), float(rng.uniform(0, math.pi)))
+    elif cfg.blur_prob > 0 and rng.random() < cfg.blur_prob:
+        sigma = float(rng.uniform(*cfg.blur_sigma))
+        kernel = gaussian_kernel(sigma, sigma, 0.0)
+    else:
+        return img
+    r = kernel.shape[0] // 2
+    x = F.pad(img[:, None], (r, r, r, r), mode="reflect" if min(img.shape[-2:]) > r else "replicate")
+    return F.conv2d(x, torch.from_numpy(kernel)[None, None])[:, 0]
+
+
+def _noise_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
+    """Gaussian (colour or grey) or Poisson-like noise, one of them at most."""
+    if cfg.noise_prob > 0 and rng.random() < cfg.noise_prob:
+        sigma = float(rng.uniform(*cfg.noise_sigma))
+        gray = cfg.gray_noise_prob > 0 and rng.random() < cfg.gray_noise_prob
+        shape = (1, *img.shape[1:]) if gray else tuple(img.shape)
+        return img + torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)) * sigma
+    if cfg.poisson_prob > 0 and rng.random() < cfg.poisson_prob:
+        strength = float(rng.uniform(*cfg.poisson_scale))
+        x = img.clamp(0, 255).numpy().astype(np.float64)
+        shot = rng.poisson(x).astype(np.float32) - x.astype(np.float32)  # a 255-photon sensor: var = level
+        return img + torch.from_numpy(shot) * strength
+    return img
+
+
+def _jpeg_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
+    if not (cfg.jpeg_prob > 0 and rng.random() < cfg.jpeg_prob):
+        return img
+    q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    return jpeg(img.round().clamp_(0, 255).to(torch.uint8), q).float()
+
+
+def _one_pass(img: torch.Tensor, hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
+    """Blur, resize to ``hw``, noise, JPEG; in a random order with ``shuffle_prob``."""
+    kernel = cfg.kernels[int(rng.integers(len(cfg.kernels)))]
+    steps = ["blur", "resize", "noise", "jpeg"]
+    if cfg.shuffle_prob > 0 and rng.random() < cfg.shuffle_prob:
+        steps = [steps[i] for i in rng.permutation(len(steps))]
+    for step in steps:
+        if step == "blur":
+            img = _blur_step(img, rng, cfg)
+        elif step == "resize":
+            img = resize(img, hw, kernel)
+        elif step == "noise":
+            img = _noise_step(img, rng, cfg)
+        else:
+            img = _jpeg_step(img, rng, cfg)
+    return img
+
+
+def degrade_second_order(
+    hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection
+) -> torch.Tensor:
+    """``degrade.kind: second_order``: one or two passes down to ``lr_hw`` (8-bit), bicubic back up.
+
+    ``hr``: 3 x H x W uint8 -> 3 x H x W float32 in [0, 1].
+    """
+    h, w = hr.shape[-2:]
+    img = hr.float()
+    if cfg.second_prob > 0 and rng.random() < cfg.second_prob:
+        part = (h / lr_hw[0]) ** float(rng.uniform(0.3, 0.7))  # the first pass goes part of the way
+        mid = (max(lr_hw[0], round(h / part)), max(lr_hw[1], round(w / part)))
+        img = _one_pass(img, mid, rng, cfg)
+    img = _one_pass(img, lr_hw, rng, cfg)
+    lr = img.round_().clamp_(0, 255).div_(255.0)
+    return imresize(lr.contiguous(), size=(h, w)).clamp_(0.0, 1.0)

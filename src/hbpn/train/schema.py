@@ -23,7 +23,7 @@ class ConfigError(HBPNError, ValueError):
 
 
 #: Keys holding paths: resolved against the YAML file's folder (or the working directory for --set).
-PATH_KEYS = {"data.hr_dirs", "data.paired_dir", "val.dir", "train.init_from"}
+PATH_KEYS = {"data.hr_dirs", "data.paired_dir", "data.pairs.dir", "val.dir", "train.init_from"}
 
 
 def plain(value: Any) -> Any:
@@ -133,17 +133,47 @@ def build(cls: type, data: Any, prefix: str, base: Path | None) -> Any:
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"config key {prefix + f.name!r} is required")
             continue
         key = prefix + f.name
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = build(tp, data[f.name] or {}, key + ".", base)
             continue
+        if (item := _dataclass_items(tp)) is not None:
+            kwargs[f.name] = _build_items(item, data[f.name], key, base)
+            continue
         value = _coerce(data[f.name], tp, key)
         if key in PATH_KEYS and value is not None and base is not None:
             value = _resolve(value, base)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _dataclass_items(tp: Any) -> type | None:
+    """The dataclass of a ``tuple[SomeDataclass, ...]`` annotation, else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis and dataclasses.is_dataclass(args[0]):
+        return args[0]  # type: ignore[return-value]
+    return None
+
+
+def _build_items(cls: type, value: Any, key: str, base: Path | None) -> tuple[Any, ...]:
+    """A list of mappings, each built as ``cls``; errors name ``key[i].field``."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config key {key!r} must be a list of mappings, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        built = build(cls, item, f"{key}[{i}].", None)
+        if base is not None:  # paths inside list items resolve like the top-level ones
+            paths = {f.name: _resolve(getattr(built, f.name), base) for f in dataclasses.fields(built)
+                     if f"{key}.{f.name}" in PATH_KEYS and getattr(built, f.name) is not None}
+            built = dataclasses.replace(built, **paths)
+        out.append(built)
+    return tuple(out)
 
 
 def _resolve(value: Any, base: Path) -> Any:

@@ -32,7 +32,7 @@ from ..hub import read_weights
 from ..model import HBPN
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .data import PatchDataset, load_training_images, make_loader
+from .data import PatchDataset, load_training_images, load_training_pairs, make_loader
 from .distributed import DistInfo, any_across, barrier, mean_across, setup, teardown
 
 
@@ -141,11 +141,13 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.train.amp == "fp16")
         images = load_training_images(cfg.data)
-        for msg in images.skipped:
+        pairs = load_training_pairs(cfg.data) if cfg.data.hr_dirs else None
+        skipped = images.skipped + (pairs.skipped if pairs is not None else [])
+        for msg in skipped:
             self.echo(f"skipped {msg}")
-        if images.skipped:
-            self.log({"event": "skipped", "count": len(images.skipped), "files": images.skipped})
-        self.dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed)
+        if skipped:
+            self.log({"event": "skipped", "count": len(skipped), "files": skipped})
+        self.dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed, pairs=pairs)
         self.valset = None
         if cfg.val.dir is not None and d.is_main:
             from .validate import load_valset

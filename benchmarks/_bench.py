@@ -103,5 +103,7 @@ def matmul_gflops(n: int = 4096, repeats: int = 3, device: str = "cpu", dtype: t
 def print_machine(info: dict[str, Any]) -> None:
     print("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     if info.get("load_average_1min", 0) > (info.get("cores") or 1):
-        print(f"note: load average {info['load_average_1min']} exceeds {info['cores']} cores: the machine is "
-              "shared right now and the figures are pessimistic (best of N takes the least disturbed run)")
+        print(
+            f"note: load average {info['load_average_1min']} exceeds {info['cores']} cores: the machine is "
+            "shared right now and the figures are pessimistic (best of N takes the least disturbed run)"
+        )

@@ -130,9 +130,10 @@ def profile(model: HBPN, x: Tensor) -> None:
             model(x)
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in rows)
-    print("eager, share of CPU time by op: " + ", ".join(
-        f"{e.key} {100 * e.self_cpu_time_total / total:.1f}%" for e in rows[:8]
-    ))
+    print(
+        "eager, share of CPU time by op: "
+        + ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.1f}%" for e in rows[:8])
+    )
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ also builds the compiled graph and lets cuDNN pick its algorithms,
 ``cudnn.benchmark`` on), in milliseconds per output megapixel; peak memory is
 ``torch.cuda.max_memory_allocated`` over the timed runs. The whole image goes
 through at once; on out-of-memory the run is repeated with tiles
-(``hbpn.inference.run_model``; 2048, then 1024, 512, 256 px, 16 px overlap) and
+(``hbpn.pipeline.tiling.run_model``; 2048, then 1024, 512, 256 px, 16 px overlap) and
 the tile is reported (tiles go through ``forward_all``, which ``torch.compile``
 does not wrap: a tiled compile row runs eager). Each mode is also compared with fp32 eager (TF32 off) on the
 first size: max |difference| / max |fp32 output|.
@@ -41,8 +41,8 @@ from _bench import best_of, machine
 from torch import Tensor, nn
 
 from hbpn.config import get_preset
-from hbpn.inference import run_model
 from hbpn.model import HBPN, macs_per_megapixel
+from hbpn.pipeline.tiling import run_model
 
 MODES = ("fp32", "bf16", "bf16-cl-compile", "fp32-strict")
 DEFAULT_SIZES = "1024x1024,3840x2160"  # 1.05 MP and 8.29 MP (4K UHD)
@@ -177,10 +177,17 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     gflop_mp = 2 * macs_per_megapixel(HBPN(get_preset(args.preset))) / 1e9
     meta: dict[str, Any] = {
-        "preset": args.preset, "device": str(device), "machine": machine(device), "repeats": args.repeats,
-        "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
-        "compile_backend": backend, "compile_mode": args.compile_mode, "gflop_per_mp": gflop_mp,
-        "check": {}, "notes": [],
+        "preset": args.preset,
+        "device": str(device),
+        "machine": machine(device),
+        "repeats": args.repeats,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "compile_backend": backend,
+        "compile_mode": args.compile_mode,
+        "gflop_per_mp": gflop_mp,
+        "check": {},
+        "notes": [],
     }
     rows: list[dict[str, Any]] = []
 
@@ -209,8 +216,13 @@ def main() -> None:
                     meta["check"][mode] = float((model(x).float() - ref).abs().max() / ref.abs().max())
             mp = h * w / 1e6
             row = {
-                "mode": mode, "size": f"{w}x{h}", "mp": mp, "tile": r["tile"], "peak_gib": r["peak_gib"],
-                "ms_per_mp": 1000 * r["seconds"] / mp, "tflops": gflop_mp / (r["seconds"] / mp) / 1000,
+                "mode": mode,
+                "size": f"{w}x{h}",
+                "mp": mp,
+                "tile": r["tile"],
+                "peak_gib": r["peak_gib"],
+                "ms_per_mp": 1000 * r["seconds"] / mp,
+                "tflops": gflop_mp / (r["seconds"] / mp) / 1000,
                 "wall_s": time.monotonic() - t0,
             }
             rows.append(row)

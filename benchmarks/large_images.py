@@ -33,10 +33,10 @@ import torch
 from _bench import CLOCKS, add_clock_options, apply_clock_options, best_of, machine, matmul_gflops, print_machine
 from tiling import coverage
 
-from hbpn.hub import load_model
-from hbpn.inference import compile_model
 from hbpn.model import HBPN, HBPNOutput, macs_per_megapixel
-from hbpn.upscale import upscale
+from hbpn.pipeline.tiling import compile_model
+from hbpn.pipeline.upscaling import upscale
+from hbpn.weights.store import load_model
 
 
 def ints(text: str) -> list[int]:
@@ -70,20 +70,29 @@ def outside_seconds(model: HBPN, lr: torch.Tensor, tile: int, args: argparse.Nam
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="shipped name or .safetensors file (default: default)")
-    p.add_argument("--sizes", type=ints, default=[1024, 2048, 2880],
-                   help="comma-separated square output edges (default 1024,2048,2880: 1, 4.2, 8.3 MP)")
+    p.add_argument(
+        "--sizes",
+        type=ints,
+        default=[1024, 2048, 2880],
+        help="comma-separated square output edges (default 1024,2048,2880: 1, 4.2, 8.3 MP)",
+    )
     p.add_argument("--tiles", type=ints, default=[512, 768, 1024], help="tile edges (default 512,768,1024)")
     p.add_argument("--tile-pad", type=int, default=16, help="overlap on each side of a tile (default 16)")
     p.add_argument("--batches", type=ints, default=[1], help="tile passes per forward (default 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network first (not timed)")
     p.add_argument("--channels-last", action="store_true", help="the network's weights in channels_last")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed runs per figure, each after a peak measurement (default 3)")
-    p.add_argument("--peak", type=float, default=None,
-                   help="matmul peak in GFLOP/s (default: measured before each run, 2048^3)")
-    p.add_argument("--overhead", action="store_true",
-                   help="also time everything but the network (bicubic, tiling, blending): the network "
-                        "replaced by one that returns its input")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per figure, each after a peak measurement (default 3)"
+    )
+    p.add_argument(
+        "--peak", type=float, default=None, help="matmul peak in GFLOP/s (default: measured before each run, 2048^3)"
+    )
+    p.add_argument(
+        "--overhead",
+        action="store_true",
+        help="also time everything but the network (bicubic, tiling, blending): the network "
+        "replaced by one that returns its input",
+    )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     add_clock_options(p)
     args = p.parse_args()
@@ -99,16 +108,21 @@ def main() -> None:
     if not args.json:
         print_machine(info)
         print(f"model {args.model}: {gflop_mp:.1f} GFLOP per output MP")
-        print(f"{'size':>5} {'MP':>5} {'tile':>5} {'batch':>5} {'covered':>8} {'s/MP':>7} {'GFLOP/s':>8} "
-              f"{'peak':>6} {'% peak':>7}")
-        print("(peak: the highest matmul GFLOP/s measured between this row's runs; % peak: median over the runs "
-              "of the network's GFLOP/s over the peak measured just before each run)")
+        print(
+            f"{'size':>5} {'MP':>5} {'tile':>5} {'batch':>5} {'covered':>8} {'s/MP':>7} {'GFLOP/s':>8} "
+            f"{'peak':>6} {'% peak':>7}"
+        )
+        print(
+            "(peak: the highest matmul GFLOP/s measured between this row's runs; % peak: median over the runs "
+            "of the network's GFLOP/s over the peak measured just before each run)"
+        )
     rows = []
     for size in args.sizes:
         lr = torch.rand(3, size // 4, size // 4)
         mp = size * size / 1e6
         for tile in args.tiles:
             for batch in args.batches:
+
                 def run(lr: torch.Tensor = lr, tile: int = tile, batch: int = batch) -> torch.Tensor:
                     return upscale(lr, 4, model, tile=tile, tile_pad=args.tile_pad, batch=batch)
 
@@ -117,11 +131,17 @@ def main() -> None:
                 # peak x seconds of each run: the GFLOP the matmul would have done meanwhile
                 share = statistics.median(gflop_mp * mp / w for w in work)
                 row = {
-                    "model": args.model, "size": size, "tile": tile, "batch": batch, "compile": args.compile,
+                    "model": args.model,
+                    "size": size,
+                    "tile": tile,
+                    "batch": batch,
+                    "compile": args.compile,
                     "channels_last": args.channels_last,
                     "covered": round(coverage(size, size, tile, args.tile_pad, model.cfg.multiple), 3),
-                    "s_per_mp": round(seconds, 3), "gflops": round(gflop_mp / seconds, 1),
-                    "peak_gflops": round(peak, 1), "share_of_peak": round(share, 3),
+                    "s_per_mp": round(seconds, 3),
+                    "gflops": round(gflop_mp / seconds, 1),
+                    "peak_gflops": round(peak, 1),
+                    "share_of_peak": round(share, 3),
                 }
                 if args.overhead:
                     row["outside_network_s_per_mp"] = round(outside_seconds(model, lr, tile, args) / mp, 4)
@@ -130,8 +150,11 @@ def main() -> None:
                     print(json.dumps({**row, **info}), flush=True)
                     continue
                 extra = f"  outside the network: {row['outside_network_s_per_mp']:.3f} s/MP" if args.overhead else ""
-                print(f"{size:>5} {mp:>5.1f} {tile:>5} {batch:>5} {row['covered']:>7.3f}x {seconds:>7.3f} "
-                      f"{row['gflops']:>8.1f} {peak:>6.1f} {100 * row['share_of_peak']:>6.1f}%{extra}", flush=True)
+                print(
+                    f"{size:>5} {mp:>5.1f} {tile:>5} {batch:>5} {row['covered']:>7.3f}x {seconds:>7.3f} "
+                    f"{row['gflops']:>8.1f} {peak:>6.1f} {100 * row['share_of_peak']:>6.1f}%{extra}",
+                    flush=True,
+                )
     top = max(r["peak_gflops"] for r in rows)
     shares = ", ".join(f"{r['size']}/{r['tile']}/{r['batch']}: {100 * r['gflops'] / top:.1f}%" for r in rows)
     if not args.json:

@@ -44,8 +44,10 @@ def main() -> None:
     def after(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         seconds = time.perf_counter() - started[mod]
         kind = "deconv" if isinstance(mod, nn.ConvTranspose2d) else "conv"
-        key = (f"{kind} {mod.kernel_size[0]}x{mod.kernel_size[1]}/{mod.stride[0]} "
-               f"{mod.in_channels}->{mod.out_channels} at {inp[0].shape[-2]}x{inp[0].shape[-1]}")
+        key = (
+            f"{kind} {mod.kernel_size[0]}x{mod.kernel_size[1]}/{mod.stride[0]} "
+            f"{mod.in_channels}->{mod.out_channels} at {inp[0].shape[-2]}x{inp[0].shape[-1]}"
+        )
         g = groups[key]
         g[0] += seconds
         g[1] += 2 * conv_macs(mod, inp[0], out)
@@ -65,8 +67,10 @@ def main() -> None:
     print_machine(machine())
     convs = sum(g[0] for g in groups.values())
     flops = sum(g[1] for g in groups.values())
-    print(f"{args.preset} at {args.size}x{args.size}: {1e3 * total:.1f} ms, {flops / total / 1e9:.1f} GFLOP/s overall; "
-          f"(de)convolutions {1e3 * convs:.1f} ms ({100 * convs / total:.0f} %) at {flops / convs / 1e9:.1f} GFLOP/s")
+    print(
+        f"{args.preset} at {args.size}x{args.size}: {1e3 * total:.1f} ms, {flops / total / 1e9:.1f} GFLOP/s overall; "
+        f"(de)convolutions {1e3 * convs:.1f} ms ({100 * convs / total:.0f} %) at {flops / convs / 1e9:.1f} GFLOP/s"
+    )
     print(f"{'layer':44} {'n':>3} {'ms':>7} {'share':>6} {'GFLOP/s':>8}")
     for key, (seconds, fl, n) in sorted(groups.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"{key:44} {n:>3} {1e3 * seconds:>7.1f} {100 * seconds / total:>5.1f}% {fl / seconds / 1e9:>8.1f}")

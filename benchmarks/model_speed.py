@@ -8,7 +8,8 @@ image, untiled. End-to-end: ``hbpn.upscale`` of a ``size/4`` tensor to the same
 Every figure is the best of ``--repeats`` runs after one warm-up. Weights are the
 presets' random init: speed does not depend on the values.
 
-Default sizes are small to keep the run short: 256 x 256, and 128 x 128 for paper (1405 GMAC per megapixel, ~25+ s per megapixel on 2 cores).
+Default sizes are small to keep the run short: 256 x 256, and 128 x 128 for paper
+(1405 GMAC per megapixel, ~25+ s per megapixel on 2 cores).
 Peak memory versus output size is measured by benchmarks/upscale_memory.py.
 
     python benchmarks/model_speed.py                          # all presets
@@ -42,7 +43,7 @@ def model_seconds(model: HBPN, size: int, repeats: int, channels_last: bool = Fa
 
 def upscale_seconds(model: HBPN, size: int, repeats: int, tile: int | None) -> float | None:
     try:
-        from hbpn.upscale import upscale
+        from hbpn.pipeline.upscaling import upscale
     except ImportError as exc:
         print(f"note: end-to-end column skipped: hbpn.upscale is not available ({exc})")
         return None
@@ -84,8 +85,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, best reported (default 3)")
     p.add_argument("--peak", type=float, default=None, help="matmul peak in GFLOP/s (default: measure, 2048^3)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile each model first (hbpn.inference.compile_model; the warm-up builds it)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each model first (hbpn.pipeline.tiling.compile_model; the warm-up builds it)",
+    )
     add_clock_options(p)
     args = p.parse_args()
     apply_clock_options(args)
@@ -93,11 +97,11 @@ def main() -> None:
     peak = args.peak or matmul_gflops(2048, repeats=args.repeats)
     models: list[tuple[str, HBPN]] = [(n, HBPN(get_preset(n))) for n in args.presets.split(",") if n]
     if args.model:
-        from hbpn.hub import load_model
+        from hbpn.weights.store import load_model
 
         models.append((args.model, load_model(args.model, device="cpu")))
     if args.compile:
-        from hbpn.inference import compile_model
+        from hbpn.pipeline.tiling import compile_model
 
         for _, model in models:
             compile_model(model)
@@ -105,18 +109,25 @@ def main() -> None:
     if not args.json:
         print_machine(info)
         print(f"fp32 matmul peak: {peak:.1f} GFLOP/s{'' if args.peak else ' (2048^3, measured now)'}")
-        print(f"{'model':>13} {'size':>5} {'GFLOP/MP':>9} {'model s/MP':>10} {'GFLOP/s':>8} {'%peak':>6} "
-              f"{'e2e s/MP':>9} {'e2e %peak':>9} {'overhead':>8}")
+        print(
+            f"{'model':>13} {'size':>5} {'GFLOP/MP':>9} {'model s/MP':>10} {'GFLOP/s':>8} {'%peak':>6} "
+            f"{'e2e s/MP':>9} {'e2e %peak':>9} {'overhead':>8}"
+        )
     for name, model in models:
         size = args.size or DEFAULT_SIZE.get(name, 256)
         row = measure(name + ("+compile" if args.compile else ""), model, size, args.repeats, peak, args.tile)
         if args.json:
             print(json.dumps({**row, "peak_gflops": round(peak, 1), **info}))
             continue
-        e2e = (f"{row['e2e_s_per_mp']:>9.3f} {100 * row['e2e_share_of_peak']:>8.1f}% {100 * row['e2e_overhead']:>7.1f}%"
-               if "e2e_s_per_mp" in row else f"{'-':>9} {'-':>9} {'-':>8}")
-        print(f"{row['model']:>13} {size:>5} {row['gflop_per_mp']:>9.1f} {row['model_s_per_mp']:>10.3f} "
-              f"{row['model_gflops']:>8.1f} {100 * row['model_share_of_peak']:>5.1f}% {e2e}")
+        e2e = (
+            f"{row['e2e_s_per_mp']:>9.3f} {100 * row['e2e_share_of_peak']:>8.1f}% {100 * row['e2e_overhead']:>7.1f}%"
+            if "e2e_s_per_mp" in row
+            else f"{'-':>9} {'-':>9} {'-':>8}"
+        )
+        print(
+            f"{row['model']:>13} {size:>5} {row['gflop_per_mp']:>9.1f} {row['model_s_per_mp']:>10.3f} "
+            f"{row['model_gflops']:>8.1f} {100 * row['model_share_of_peak']:>5.1f}% {e2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from _bench import add_clock_options, apply_clock_options, best_of, machine, pri
 
 from hbpn.config import get_preset
 from hbpn.export import export_model, onnx_runner, torchscript_runner
-from hbpn.hub import load_model, shipped_path
 from hbpn.model import HBPN
+from hbpn.weights.store import load_model, shipped_path
 
 
 def main() -> None:

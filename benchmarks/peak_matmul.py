@@ -34,8 +34,10 @@ def main() -> None:
         print(json.dumps({"gflops": round(gflops, 1), "size": args.size, "dtype": args.dtype, **info}))
         return
     print_machine(info)
-    print(f"{args.dtype} matmul {args.size}^3, best of {args.repeats}: {gflops:.1f} GFLOP/s "
-          f"({gflops / info['torch_threads']:.1f} per thread)")
+    print(
+        f"{args.dtype} matmul {args.size}^3, best of {args.repeats}: {gflops:.1f} GFLOP/s "
+        f"({gflops / info['torch_threads']:.1f} per thread)"
+    )
 
 
 if __name__ == "__main__":

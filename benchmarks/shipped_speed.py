@@ -30,18 +30,20 @@ def main() -> None:
 
     import skimage.data
 
-    from hbpn.hub import SHIPPED, load_model, shipped_path
-    from hbpn.imresize import imresize
-    from hbpn.inference import DEFAULT_TILE, DEFAULT_TILE_PAD
-    from hbpn.upscale import upscale
+    from hbpn.ops.resize import imresize
+    from hbpn.pipeline.tiling import DEFAULT_TILE, DEFAULT_TILE_PAD
+    from hbpn.pipeline.upscaling import upscale
+    from hbpn.weights.store import SHIPPED, load_model, shipped_path
 
     names = [n for n in args.models.split(",") if n] or [n for n in SHIPPED if shipped_path(n) is not None]
     if not names:
         raise SystemExit("no shipped weights in this install; pass --models FILE")
     image = imresize(skimage.data.astronaut(), scale=0.5)
     out_mp = round(image.shape[0] * args.scale) * round(image.shape[1] * args.scale) / 1e6
-    print(f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}, "
-          f"load {os.getloadavg()[0]:.2f}; output {out_mp:.2f} MP, tile {DEFAULT_TILE}/{DEFAULT_TILE_PAD}")
+    print(
+        f"machine: {os.cpu_count()} cores, torch {torch.__version__}, threads {args.threads}, "
+        f"load {os.getloadavg()[0]:.2f}; output {out_mp:.2f} MP, tile {DEFAULT_TILE}/{DEFAULT_TILE_PAD}"
+    )
     print(f"{'model':>10} {'params':>10} {'single s/MP':>12} {'x8 ens. s/MP':>13}")
     for name in names:
         model = load_model(name, device="cpu")

@@ -1,4 +1,4 @@
-"""What the tile layout of ``hbpn.inference.run_model`` costs.
+"""What the tile layout of ``hbpn.pipeline.tiling.run_model`` costs.
 
 ``run_model`` uses the fewest tiles of at most ``tile`` px that overlap by at
 least ``2 * tile_pad``, shrinks them to share the overlap evenly and rounds
@@ -23,8 +23,8 @@ import torch
 from _bench import add_clock_options, apply_clock_options, best_of, machine, print_machine
 
 from hbpn.config import get_preset
-from hbpn.inference import DEFAULT_TILE, DEFAULT_TILE_PAD, _layout, run_model
 from hbpn.model import HBPN
+from hbpn.pipeline.tiling import DEFAULT_TILE, DEFAULT_TILE_PAD, _layout, run_model
 
 
 def coverage(h: int, w: int, tile: int, pad: int, multiple: int) -> float:
@@ -46,8 +46,10 @@ def main() -> None:
     args = p.parse_args()
     apply_clock_options(args)
     print_machine(machine())
-    print(f"{'preset':>7} {'size':>5} {'layout':>16} {'tile':>5} {'covered':>8} {'s/MP':>8} {'vs default':>10} "
-          f"{'max |diff| to untiled':>22}")
+    print(
+        f"{'preset':>7} {'size':>5} {'layout':>16} {'tile':>5} {'covered':>8} {'s/MP':>8} {'vs default':>10} "
+        f"{'max |diff| to untiled':>22}"
+    )
     for name in args.presets.split(","):
         torch.manual_seed(0)
         model = HBPN(get_preset(name)).eval()
@@ -66,14 +68,18 @@ def main() -> None:
                 runs += [("default+cl", cl_model, xc, args.tile)]
             base = None
             for label, net, inp, tile in runs:
+
                 def restore(net: HBPN = net, inp: torch.Tensor = inp, tile: int = tile) -> torch.Tensor:
                     return run_model(net, inp, tile=tile, tile_pad=args.tile_pad)[0]
 
                 seconds = best_of(restore, args.repeats) / mp
                 base = base or seconds
                 diff = float((restore() - whole).abs().max())
-                print(f"{name:>7} {size:>5} {label:>16} {tile:>5} {coverage(size, size, tile, args.tile_pad, net.cfg.multiple):>7.2f}x "
-                      f"{seconds:>8.3f} {base / seconds:>9.2f}x {diff:>22.2e}")
+                cover = coverage(size, size, tile, args.tile_pad, net.cfg.multiple)
+                print(
+                    f"{name:>7} {size:>5} {label:>16} {tile:>5} {cover:>7.2f}x "
+                    f"{seconds:>8.3f} {base / seconds:>9.2f}x {diff:>22.2e}"
+                )
 
 
 if __name__ == "__main__":

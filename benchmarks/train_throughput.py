@@ -31,8 +31,15 @@ from hbpn.config import PRESETS, get_preset
 from hbpn.model import HBPN
 
 
-def step_seconds(preset: str, patch: int, batch: int, device: torch.device, repeats: int,
-                 amp: bool = False, channels_last: bool = False) -> float:
+def step_seconds(
+    preset: str,
+    patch: int,
+    batch: int,
+    device: torch.device,
+    repeats: int,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> float:
     torch.manual_seed(0)
     model = HBPN(get_preset(preset)).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format

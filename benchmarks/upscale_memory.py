@@ -11,7 +11,7 @@ torch and loading the model, before any image is touched.
     python benchmarks/upscale_memory.py --activations tiny:256,tiny:512,small:512
 
 ``--activations`` instead checks the per-pixel estimate ``--tile auto`` uses
-(:func:`hbpn.inference.activation_bytes_per_pixel`, traced on the meta device)
+(:func:`hbpn.pipeline.tiling.activation_bytes_per_pixel`, traced on the meta device)
 against the real peak of one forward pass on an N x N input.
 
 Goal: at most 2 GiB at 8.3 MP (3840 x 2160) with the default tile.
@@ -47,8 +47,8 @@ def child(size: str, preset: str, tile: str, scale: int) -> None:
 
     from hbpn.cli import main
     from hbpn.config import get_preset
-    from hbpn.hub import load_model, save_weights
     from hbpn.model import HBPN
+    from hbpn.weights.store import load_model, save_weights
 
     w, h = SIZES[size]
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,8 +60,23 @@ def child(size: str, preset: str, tile: str, scale: int) -> None:
         Image.fromarray(lr).save(Path(tmp) / "in.png")
         base = _rss()
         start = time.perf_counter()
-        code = main(["upscale", "-i", str(Path(tmp) / "in.png"), "-o", str(Path(tmp) / "out"), "-m", str(weights),
-                     "-s", str(scale), "-t", tile, "--device", "cpu"])
+        code = main(
+            [
+                "upscale",
+                "-i",
+                str(Path(tmp) / "in.png"),
+                "-o",
+                str(Path(tmp) / "out"),
+                "-m",
+                str(weights),
+                "-s",
+                str(scale),
+                "-t",
+                tile,
+                "--device",
+                "cpu",
+            ]
+        )
         seconds = time.perf_counter() - start
         out = Image.open(Path(tmp) / "out" / f"in_x{scale}.png").size
     print(json.dumps({"code": code, "out": out, "base": base, "peak": _rss(), "seconds": seconds}))
@@ -71,8 +86,8 @@ def activation_child(preset: str, edge: int) -> None:
     import torch
 
     from hbpn.config import get_preset
-    from hbpn.inference import activation_bytes_per_pixel
     from hbpn.model import HBPN
+    from hbpn.pipeline.tiling import activation_bytes_per_pixel
 
     model = HBPN(get_preset(preset)).eval()
     x = torch.rand(1, 3, edge, edge)
@@ -87,11 +102,14 @@ def activation_child(preset: str, edge: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", help="model preset, random weights (default: tiny)")
-    ap.add_argument("--tile", default=str(DEFAULT_TILE), help=f"--tile for hbpn upscale: N, 0 or auto (default: {DEFAULT_TILE})")
+    ap.add_argument(
+        "--tile", default=str(DEFAULT_TILE), help=f"--tile for hbpn upscale: N, 0 or auto (default: {DEFAULT_TILE})"
+    )
     ap.add_argument("--scale", type=int, default=4, help="upscaling factor (default: 4)")
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"output megapixels, from {', '.join(SIZES)}")
-    ap.add_argument("--activations", metavar="PRESET:N,...",
-                    help="compare traced and real activation bytes per pixel instead")
+    ap.add_argument(
+        "--activations", metavar="PRESET:N,...", help="compare traced and real activation bytes per pixel instead"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -104,7 +122,9 @@ def main() -> None:
     if args.activations:
         print("preset   N x N   traced B/px   real B/px   real/traced")
         for item in args.activations.split(","):
-            proc = subprocess.run([sys.executable, __file__, "--child", item], check=False, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", item], check=False, capture_output=True, text=True
+            )
             if proc.returncode != 0:
                 print(f"{item}: failed\n{proc.stderr[-2000:]}")
                 continue
@@ -115,8 +135,18 @@ def main() -> None:
     print(f"preset {args.preset}, tile {args.tile}, scale x{args.scale}, CPU")
     print("output          MP   baseline MiB   peak MiB   peak-baseline MiB   seconds")
     for size in args.sizes.split(","):
-        cmd = [sys.executable, __file__, "--child", size, "--preset", args.preset, "--tile", args.tile,
-               "--scale", str(args.scale)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            size,
+            "--preset",
+            args.preset,
+            "--tile",
+            args.tile,
+            "--scale",
+            str(args.scale),
+        ]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{size} MP: failed\n{proc.stderr[-2000:]}")
@@ -124,8 +154,10 @@ def main() -> None:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         w, h = r["out"]
         mib = 2**20
-        print(f"{w:5d} x {h:<5d} {w * h / 1e6:5.1f}   {r['base'] / mib:12.0f}   {r['peak'] / mib:8.0f}   "
-              f"{(r['peak'] - r['base']) / mib:17.0f}   {r['seconds']:7.1f}")
+        print(
+            f"{w:5d} x {h:<5d} {w * h / 1e6:5.1f}   {r['base'] / mib:12.0f}   {r['peak'] / mib:8.0f}   "
+            f"{(r['peak'] - r['base']) / mib:17.0f}   {r['seconds']:7.1f}"
+        )
     print("goal: peak <= 2048 MiB at 8.3 MP")
 
 

@@ -16,18 +16,18 @@ drawn at random, the heads too: a pessimistic case).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from hbpn.config import get_preset
-from hbpn.imresize import imresize
-from hbpn.inference import run_model
-from hbpn.metrics import psnr
 from hbpn.model import HBPN
+from hbpn.ops.metrics import psnr
+from hbpn.ops.resize import imresize
+from hbpn.pipeline.tiling import run_model
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -65,8 +65,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="fit steps for the 'fit' model (default: 40)")
     ap.add_argument("--tiles", default="128:16,256:8,256:16,256:32", help="TILE:PAD pairs to measure")
     ap.add_argument("--model", help="measure this weights file or shipped name instead of fit/random")
-    ap.add_argument("--mosaic", type=int, default=1,
-                    help="use an N x N mirrored mosaic of the astronaut (N x 512 px), for large tiles (default 1)")
+    ap.add_argument(
+        "--mosaic",
+        type=int,
+        default=1,
+        help="use an N x N mirrored mosaic of the astronaut (N x 512 px), for large tiles (default 1)",
+    )
     args = ap.parse_args()
 
     from skimage import data
@@ -80,7 +84,7 @@ def main() -> None:
     pairs = [tuple(int(v) for v in p.split(":")) for p in args.tiles.split(",")]
 
     if args.model:
-        from hbpn.hub import load_model
+        from hbpn.weights.store import load_model
 
         models = [(Path(args.model).stem[:7], load_model(args.model, device="cpu"))]
     else:
@@ -91,6 +95,7 @@ def main() -> None:
         rnd = HBPN(get_preset(args.preset))
         randomize(rnd)
         models = [("fit", fit), ("random", rnd)]
+
     def y_psnr(t: torch.Tensor) -> float:
         """PSNR (dB) against the HR image: Y channel, 4-px border shaved, 8-bit, as in hbpn eval."""
         return psnr(to_uint8(t), to_uint8(hr), crop=4)
@@ -104,8 +109,10 @@ def main() -> None:
         for tile, pad in pairs:
             out, _ = run_model(model, lr_up, tile=tile, tile_pad=pad)
             d = (out - ref).abs()
-            print(f"{name:7s} {tile:5d} {pad:4d}  {d.mean():.2e}   ({d.mean() * 255:.3f})      "
-                  f"{d.max():.2e} ({d.max() * 255:6.2f})   {y_psnr(out):.3f}")
+            print(
+                f"{name:7s} {tile:5d} {pad:4d}  {d.mean():.2e}   ({d.mean() * 255:.3f})      "
+                f"{d.max():.2e} ({d.max() * 255:6.2f})   {y_psnr(out):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ echo "== export $OUT/$PROFILE.safetensors" | tee -a "$LOG"
 "$PY" - "$WORK/run/last.safetensors" "$OUT/$PROFILE.safetensors" <<'EOF' 2>&1 | tee -a "$LOG"
 import sys
 import torch
-from hbpn.hub import load_model, save_weights
+from hbpn.weights import load_model, save_weights
 src, dst = sys.argv[1:3]
 model = load_model(src, device="cpu")
 bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v.half()).all()]

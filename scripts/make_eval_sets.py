@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from hbpn import imresize
-from hbpn.datasets import modcrop, read_uint8
+from hbpn.eval.datasets import modcrop, read_uint8
 
 SEED = 20261202
 SCALE = 4

@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing hbpn
 
-from hbpn.fileio import atomic_path
+from hbpn.io.files import atomic_path  # noqa: E402 (after the sys.path line above)
 
 MIB = 1024 * 1024
 MANIFEST = "MANIFEST.json"
@@ -81,11 +81,13 @@ def plan(profile: str, source: Path) -> list[Group]:
     if profile == "default":
         t91 = [(p, f"train/T91/{p.stem}.webp", "webp") for p in _images(source / "train/T91")]
         bsd = [(p, f"train/BSD200/{p.stem}.webp", "webp") for p in _images(source / "train/BSD200")]
-        set5 = [(p, f"Set5/image_SRF_4/{p.name}", "copy") for p in _images(source / "benchmark/Set5/image_SRF_4")
-                if p.stem.endswith(("_HR", "_LR"))]
+        set5 = [
+            (p, f"Set5/image_SRF_4/{p.name}", "copy")
+            for p in _images(source / "benchmark/Set5/image_SRF_4")
+            if p.stem.endswith(("_HR", "_LR"))
+        ]
         # Set5 is kept byte for byte so the on-device eval equals the one here
-        return [Group("Set5 x4 (val)", set5, len(set5)), Group("T91", t91, len(t91)),
-                Group("BSD200", bsd, min_keep=50)]
+        return [Group("Set5 x4 (val)", set5, len(set5)), Group("T91", t91, len(t91)), Group("BSD200", bsd, min_keep=50)]
     if profile == "real":
         root = source / "real/City100-iPhoneX-train"
         hr = _images(root / "HR")
@@ -102,8 +104,10 @@ def plan(profile: str, source: Path) -> list[Group]:
                 out += [(p, f"{folder}/HR/{p.stem}.webp", "webp"), (lr[p.stem], f"{folder}/LR/{p.stem}.webp", "webp")]
             return out
 
-        return [Group("City100 pairs 40-49 (val)", pairs(hr[40:50], "City100-val"), min_keep=4, unit=2),
-                Group("City100 pairs 0-39 (train)", pairs(hr[:40], "City100-train"), min_keep=40, trim_rank=1, unit=2)]
+        return [
+            Group("City100 pairs 40-49 (val)", pairs(hr[40:50], "City100-val"), min_keep=4, unit=2),
+            Group("City100 pairs 0-39 (train)", pairs(hr[:40], "City100-train"), min_keep=40, trim_rank=1, unit=2),
+        ]
     raise PackError(f"unknown profile {profile!r}: choose default or real")
 
 
@@ -141,12 +145,18 @@ def tree_bytes(repo: Path, carry: Path) -> tuple[int, int]:
     Outside a git checkout every file but ``.git`` and ``carry`` counts (an over-estimate).
     """
     try:
-        res = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "-c", "-o", "--exclude-standard"],
-                             capture_output=True, check=True)
+        res = subprocess.run(
+            ["git", "-C", str(repo), "ls-files", "-z", "-c", "-o", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        )
         names = {n for n in res.stdout.decode("utf-8", "surrogateescape").split("\0") if n}
     except (OSError, subprocess.CalledProcessError):
-        names = {p.relative_to(repo).as_posix() for p in repo.rglob("*")
-                 if p.is_file() and not p.is_relative_to(carry) and ".git" not in p.relative_to(repo).parts}
+        names = {
+            p.relative_to(repo).as_posix()
+            for p in repo.rglob("*")
+            if p.is_file() and not p.is_relative_to(carry) and ".git" not in p.relative_to(repo).parts
+        }
     repo_bytes = 0
     for n in names:
         p = repo / n
@@ -164,23 +174,50 @@ def sha256(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Example: python scripts/pack_training_data.py --profile default",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="default", choices=["default", "real"],
-                    help="what to pack: default (T91 + BSD200 + Set5 x4) or real (City100 pairs) (default: default)")
-    ap.add_argument("--source", type=Path, default=REPO.parent / "shared" / "datasets",
-                    help="the datasets folder (default: ../shared/datasets beside the repository)")
-    ap.add_argument("--repo", type=Path, default=REPO,
-                    help="the checkout whose travelling tree is measured, with its carry/ (default: this one)")
-    ap.add_argument("--dest", type=Path, default=None,
-                    help="output folder, owned by this script: other files in it are removed (default: REPO/carry/data)")
-    ap.add_argument("--budget-mib", type=float, default=64.0,
-                    help="the device tool's limit on the travelling tree, MiB (default: 64)")
-    ap.add_argument("--margin-mib", type=float, default=1.0,
-                    help="kept free under the budget for files added later (default: 1)")
-    ap.add_argument("--reserve-mib", type=float, default=0.0,
-                    help="MiB to count for files not there yet, e.g. 15.1 per fp16 lite weights file (default: 0)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Example: python scripts/pack_training_data.py --profile default",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--profile",
+        default="default",
+        choices=["default", "real"],
+        help="what to pack: default (T91 + BSD200 + Set5 x4) or real (City100 pairs) (default: default)",
+    )
+    ap.add_argument(
+        "--source",
+        type=Path,
+        default=REPO.parent / "shared" / "datasets",
+        help="the datasets folder (default: ../shared/datasets beside the repository)",
+    )
+    ap.add_argument(
+        "--repo",
+        type=Path,
+        default=REPO,
+        help="the checkout whose travelling tree is measured, with its carry/ (default: this one)",
+    )
+    ap.add_argument(
+        "--dest",
+        type=Path,
+        default=None,
+        help="output folder, owned by this script: other files in it are removed (default: REPO/carry/data)",
+    )
+    ap.add_argument(
+        "--budget-mib",
+        type=float,
+        default=64.0,
+        help="the device tool's limit on the travelling tree, MiB (default: 64)",
+    )
+    ap.add_argument(
+        "--margin-mib", type=float, default=1.0, help="kept free under the budget for files added later (default: 1)"
+    )
+    ap.add_argument(
+        "--reserve-mib",
+        type=float,
+        default=0.0,
+        help="MiB to count for files not there yet, e.g. 15.1 per fp16 lite weights file (default: 0)",
+    )
     ap.add_argument("--dry-run", action="store_true", help="encode and measure, but write and delete nothing")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -201,8 +238,9 @@ def pack(args: argparse.Namespace) -> int:
     groups = plan(args.profile, source)
     manifest_path = dest / MANIFEST
     if dest.is_dir() and any(dest.iterdir()) and not manifest_path.is_file():
-        raise PackError(f"{dest}: not empty and holds no {MANIFEST}: not a folder this script made; "
-                        "choose another --dest")
+        raise PackError(
+            f"{dest}: not empty and holds no {MANIFEST}: not a folder this script made; choose another --dest"
+        )
     old: dict[str, dict] = {}
     if manifest_path.is_file():
         try:
@@ -220,14 +258,23 @@ def pack(args: argparse.Namespace) -> int:
             digest = sha256(src)
             names = (rel, rel.removesuffix(".webp") + ".png") if rel.endswith(".webp") else (rel,)
             hit = next(((n, old[n]) for n in names if n in old), None)  # by name: sources can be duplicates
-            if hit is not None and hit[1].get("source_sha256") == digest and hit[1].get("how") == how \
-                    and (dest / hit[0]).is_file() and (dest / hit[0]).stat().st_size == hit[1].get("bytes"):
+            if (
+                hit is not None
+                and hit[1].get("source_sha256") == digest
+                and hit[1].get("how") == how
+                and (dest / hit[0]).is_file()
+                and (dest / hit[0]).stat().st_size == hit[1].get("bytes")
+            ):
                 rows.append((hit[0], hit[1], None))
             else:
                 data = encode(src, how)
                 name = out_name(rel, data)
-                meta = {"source": src.relative_to(source).as_posix(), "source_sha256": digest, "how": how,
-                        "bytes": len(data)}
+                meta = {
+                    "source": src.relative_to(source).as_posix(),
+                    "source_sha256": digest,
+                    "how": how,
+                    "bytes": len(data),
+                }
                 rows.append((name, meta, data))
             bar.update(1)
         entries.append(rows)
@@ -254,12 +301,16 @@ def pack(args: argparse.Namespace) -> int:
         mib = sum(e[1]["bytes"] for e in r[:n]) / MIB
         note = f"  (trimmed: {len(r) - n} dropped from the end)" if n < len(r) else ""
         print(f"{g.name:28s} {n:5d}/{len(r):<5d} {mib:8.2f}{note}")
-    print(f"travelling tree: repository {repo_bytes / MIB:.2f} MiB + carry/ {(size() - repo_bytes) / MIB:.3f} MiB"
-          f" (reserve {args.reserve_mib:.2f}) = {size() / MIB:.3f} MiB of {args.budget_mib:g} MiB"
-          f" ({args.margin_mib:g} MiB margin)")
+    print(
+        f"travelling tree: repository {repo_bytes / MIB:.2f} MiB + carry/ {(size() - repo_bytes) / MIB:.3f} MiB"
+        f" (reserve {args.reserve_mib:.2f}) = {size() / MIB:.3f} MiB of {args.budget_mib:g} MiB"
+        f" ({args.margin_mib:g} MiB margin)"
+    )
     if over:
-        raise PackError(f"the travelling tree would be {size() / MIB:.2f} MiB, over {limit / MIB:.2f} MiB even after "
-                        "trimming: remove files from the checkout or carry/, or pack less")
+        raise PackError(
+            f"the travelling tree would be {size() / MIB:.2f} MiB, over {limit / MIB:.2f} MiB even after "
+            "trimming: remove files from the checkout or carry/, or pack less"
+        )
     if args.dry_run:
         print("dry run: nothing written")
         return 0
@@ -281,11 +332,15 @@ def pack(args: argparse.Namespace) -> int:
             elif p.is_dir() and not any(p.iterdir()):
                 shutil.rmtree(p)
     with atomic_path(manifest_path) as tmp:
-        tmp.write_text(json.dumps({"profile": args.profile, "files": dict(sorted(keep.items()))}, indent=1) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"profile": args.profile, "files": dict(sorted(keep.items()))}, indent=1) + "\n",
+            encoding="utf-8",
+        )
     repo_bytes, carry_bytes = tree_bytes(repo, carry)
-    print(f"wrote {dest}: {len(keep)} files; travelling tree now {(repo_bytes + carry_bytes) / MIB:.2f} MiB "
-          f"(repository {repo_bytes / MIB:.2f} + carry/ {carry_bytes / MIB:.2f})")
+    print(
+        f"wrote {dest}: {len(keep)} files; travelling tree now {(repo_bytes + carry_bytes) / MIB:.2f} MiB "
+        f"(repository {repo_bytes / MIB:.2f} + carry/ {carry_bytes / MIB:.2f})"
+    )
     return 0
 
 

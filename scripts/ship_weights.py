@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hbpn.hub import SHIPPED, load_model, save_weights
+from hbpn.weights.store import SHIPPED, load_model, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BYTES = 25 * 2**20  # the limit per shipped weight set

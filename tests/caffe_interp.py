@@ -49,7 +49,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
-            raise ValueError(f"prototxt: cannot parse at offset {pos}: {text[pos:pos + 20]!r}")
+            raise ValueError(f"prototxt: cannot parse at offset {pos}: {text[pos : pos + 20]!r}")
         pos = m.end()
         if m.group(1) is not None:
             out.append(("str", bytes(m.group(1), "utf-8").decode("unicode_escape")))
@@ -116,8 +116,13 @@ def _conv_geometry(p: Msg) -> dict[str, int]:
             raise NotImplementedError(f"non-square {key}")
         return int(values[0]) if values else default
 
-    return {"k": one("kernel_size", 0), "stride": one("stride", 1), "pad": one("pad", 0),
-            "group": one("group", 1), "dilation": one("dilation", 1)}
+    return {
+        "k": one("kernel_size", 0),
+        "stride": one("stride", 1),
+        "pad": one("pad", 0),
+        "group": one("group", 1),
+        "dilation": one("dilation", 1),
+    }
 
 
 class CaffeGraph:
@@ -154,8 +159,11 @@ class CaffeGraph:
             elif kind in ("Convolution", "Deconvolution"):
                 p = lay.sub("convolution_param")
                 g, o = _conv_geometry(p), int(p.get("num_output"))
-                w = (o, c[0] // g["group"], g["k"], g["k"]) if kind == "Convolution" else \
-                    (c[0], o // g["group"], g["k"], g["k"])
+                w = (
+                    (o, c[0] // g["group"], g["k"], g["k"])
+                    if kind == "Convolution"
+                    else (c[0], o // g["group"], g["k"], g["k"])
+                )
                 shapes[name] = [w, (o,)] if p.get("bias_term", "true") in ("true", True, 1) else [w]
                 outs = [o]
             elif kind == "PReLU":
@@ -165,8 +173,9 @@ class CaffeGraph:
             elif kind == "Scale":
                 if len(bottoms) != 1:
                     raise NotImplementedError("Scale with a second bottom")
-                shapes[name] = [(c[0],), (c[0],)] if lay.sub("scale_param").get("bias_term") in ("true", True) \
-                    else [(c[0],)]
+                shapes[name] = (
+                    [(c[0],), (c[0],)] if lay.sub("scale_param").get("bias_term") in ("true", True) else [(c[0],)]
+                )
                 outs = [c[0]]
             else:  # Eltwise, Softmax: shape-preserving
                 outs = [c[0]]
@@ -216,8 +225,9 @@ class CaffeGraph:
             g = _conv_geometry(lay.sub("convolution_param"))
             bias = w[1] if len(w) > 1 else None
             fn = F.conv2d if kind == "Convolution" else F.conv_transpose2d
-            return [fn(x[0], w[0], bias, stride=g["stride"], padding=g["pad"], groups=g["group"],
-                       dilation=g["dilation"])]
+            return [
+                fn(x[0], w[0], bias, stride=g["stride"], padding=g["pad"], groups=g["group"], dilation=g["dilation"])
+            ]
         if kind == "PReLU":
             slope = w[0].reshape(1, -1, 1, 1) if w[0].dim() else w[0]
             return [torch.clamp(x[0], min=0) + slope * torch.clamp(x[0], max=0)]
@@ -286,8 +296,16 @@ def _str(field: int, s: str) -> bytes:
     return _bytes_field(field, s.encode())
 
 
-def encode_blob(data: np.ndarray, shape: tuple[int, ...], *, legacy: bool = False, packed: bool = True,
-                double: bool = False, packed_shape: bool = True, extras: bool = False) -> bytes:
+def encode_blob(
+    data: np.ndarray,
+    shape: tuple[int, ...],
+    *,
+    legacy: bool = False,
+    packed: bool = True,
+    double: bool = False,
+    packed_shape: bool = True,
+    extras: bool = False,
+) -> bytes:
     """A BlobProto. ``legacy``: num/channels/height/width instead of shape (left-padded with 1s).
 
     ``extras``: also a ``diff`` (field 6), as Caffe writes with ``write_diff``; a reader must skip it.
@@ -328,8 +346,9 @@ class LayerSpec:
     tops: list[str] = field(default_factory=list)
 
 
-def encode_net(layers: Iterable[LayerSpec], *, name: str = "HBPN", v1: bool = False, extras: bool = False,
-               **blob_opts: Any) -> bytes:
+def encode_net(
+    layers: Iterable[LayerSpec], *, name: str = "HBPN", v1: bool = False, extras: bool = False, **blob_opts: Any
+) -> bytes:
     """A NetParameter with ``layers`` (field 100) or legacy V1 ``layers`` (field 2).
 
     ``extras``: also fields a real Caffe file has and a weights reader must skip:
@@ -349,17 +368,29 @@ def encode_net(layers: Iterable[LayerSpec], *, name: str = "HBPN", v1: bool = Fa
             f_bottom, f_top, f_blobs = 3, 4, 7
         body += [_str(f_bottom, b) for b in spec.bottoms] + [_str(f_top, t) for t in spec.tops]
         if extras and not v1:
-            body += [_key(10, 0) + _varint(1), _bytes_field(6, _str(1, spec.name + "_w") + _key(3, 5) + bytes(4)),
-                     _key(5, 5) + np.float32(1).tobytes(), _bytes_field(106, _key(1, 0) + _varint(32)),
-                     _key(999, 1) + bytes(8)]
-        body += [_bytes_field(f_blobs, encode_blob(b, s, extras=extras, **blob_opts))
-                 for b, s in zip(spec.blobs, shapes)]
+            body += [
+                _key(10, 0) + _varint(1),
+                _bytes_field(6, _str(1, spec.name + "_w") + _key(3, 5) + bytes(4)),
+                _key(5, 5) + np.float32(1).tobytes(),
+                _bytes_field(106, _key(1, 0) + _varint(32)),
+                _key(999, 1) + bytes(8),
+            ]
+        body += [
+            _bytes_field(f_blobs, encode_blob(b, s, extras=extras, **blob_opts)) for b, s in zip(spec.blobs, shapes)
+        ]
         chunks.append(_bytes_field(2 if v1 else 100, b"".join(body)))
     return b"".join(chunks)
 
 
 def graph_layer_specs(graph: CaffeGraph, weights: dict[str, list[np.ndarray]]) -> list[LayerSpec]:
     """Every layer of ``graph`` (blob-less ones too, as Caffe saves them) with ``weights``."""
-    return [LayerSpec(lay.get("name"), lay.get("type"), list(weights.get(lay.get("name"), [])),
-                      bottoms=lay.all("bottom"), tops=lay.all("top")) for lay in graph.layers]
-
+    return [
+        LayerSpec(
+            lay.get("name"),
+            lay.get("type"),
+            list(weights.get(lay.get("name"), [])),
+            bottoms=lay.all("bottom"),
+            tops=lay.all("top"),
+        )
+        for lay in graph.layers
+    ]

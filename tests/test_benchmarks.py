@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from hbpn.config import get_preset
-from hbpn.hub import save_weights
 from hbpn.model import HBPN
+from hbpn.weights.store import save_weights
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _run(*args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, *args], cwd=BENCH, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, *args], cwd=BENCH, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -28,8 +29,25 @@ def _run(*args: str) -> str:
 @pytest.mark.slow
 def test_large_images_runs(tmp_path: Path) -> None:
     weights = save_weights(HBPN(get_preset("tiny")), tmp_path / "tiny.safetensors")
-    out = _run("large_images.py", "--model", str(weights), "--sizes", "96", "--tiles", "48,96", "--batches", "1,2",
-               "--repeats", "1", "--peak", "10", "--overhead", "--json", "--threads", "1")
+    out = _run(
+        "large_images.py",
+        "--model",
+        str(weights),
+        "--sizes",
+        "96",
+        "--tiles",
+        "48,96",
+        "--batches",
+        "1,2",
+        "--repeats",
+        "1",
+        "--peak",
+        "10",
+        "--overhead",
+        "--json",
+        "--threads",
+        "1",
+    )
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [(r["tile"], r["batch"]) for r in rows] == [(48, 1), (48, 2), (96, 1), (96, 2)]
     assert rows[0]["covered"] > 1 and rows[2]["covered"] == 1  # 96 px in 48-px tiles overlap; one tile does not

@@ -17,15 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from caffe_interp import CaffeGraph, LayerSpec, encode_net, graph_layer_specs
 
-from hbpn.caffe import COLOR_LAYERS, layer_mapping, model_from_caffe
-from hbpn.caffe_proto import parse_net
+from caffe_interp import CaffeGraph, LayerSpec, encode_net, graph_layer_specs
 from hbpn.cli import main
 from hbpn.config import PRESETS, HBPNConfig, get_preset
+from hbpn.convert.caffe import COLOR_LAYERS, layer_mapping, model_from_caffe
+from hbpn.convert.caffe_proto import parse_net
 from hbpn.errors import CaffeFormatError
-from hbpn.hub import load_model
 from hbpn.model import HBPN
+from hbpn.weights.store import load_model
 
 
 def _shared() -> Path:
@@ -104,9 +104,18 @@ def test_mapping_irregular_names() -> None:
 
 @pytest.mark.parametrize(
     "opts",
-    [{}, {"legacy": True}, {"packed": False}, {"double": True}, {"double": True, "packed": False},
-     {"packed_shape": False}, {"v1": True}, {"v1": True, "legacy": True}, {"extras": True},
-     {"extras": True, "packed": False}],
+    [
+        {},
+        {"legacy": True},
+        {"packed": False},
+        {"double": True},
+        {"double": True, "packed": False},
+        {"packed_shape": False},
+        {"v1": True},
+        {"v1": True, "legacy": True},
+        {"extras": True},
+        {"extras": True, "packed": False},
+    ],
     ids=lambda o: "-".join(o) or "modern",
 )
 def test_encodings_round_trip(opts: dict) -> None:

@@ -15,8 +15,8 @@ from PIL import Image, ImageCms
 
 from hbpn.cli import main
 from hbpn.config import get_preset
-from hbpn.hub import save_weights
 from hbpn.model import HBPN
+from hbpn.weights.store import save_weights
 
 RNG = np.random.default_rng(1)
 
@@ -49,21 +49,34 @@ def test_help_has_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "Examples:" in text and "hbpn upscale -i" in text
-    for option in ("--tile", "--tile-pad", "--ensemble", "--precision", "--suffix", "--ext", "--quality",
-                   "--overwrite", "--save-maps", "--max-pixels", "--device", "--threads", "--compile", "--batch"):
+    for option in (
+        "--tile",
+        "--tile-pad",
+        "--ensemble",
+        "--precision",
+        "--suffix",
+        "--ext",
+        "--quality",
+        "--overwrite",
+        "--save-maps",
+        "--max-pixels",
+        "--device",
+        "--threads",
+        "--compile",
+        "--batch",
+    ):
         assert option in text
 
 
 def test_threads_and_compile_options(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hbpn.inference
+    import hbpn.pipeline.tiling
 
     compiled = []
-    monkeypatch.setattr(hbpn.inference, "compile_model", compiled.append)  # the real one: test_upscale.py
+    monkeypatch.setattr(hbpn.pipeline.tiling, "compile_model", compiled.append)  # the real one: test_upscale.py
     before = torch.get_num_threads()
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     try:
-        assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--threads", "1",
-                  "--compile") == 0
+        assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--threads", "1", "--compile") == 0
         assert torch.get_num_threads() == 1 and len(compiled) == 1
     finally:
         torch.set_num_threads(before)
@@ -112,13 +125,35 @@ def test_suffix_ext_quality_scale(tmp_path: Path, weights: Path) -> None:
     assert main(["upscale", "-m", str(weights), *args, "--quality", "100", "--overwrite"]) == 0
     assert (out / "p_big.jpg").stat().st_size > low
     Image.fromarray(rgb(14, 14)).save(tmp_path / "q.png")
-    assert main(["upscale", "-m", str(weights), "-i", str(tmp_path / "q.png"), "-o", str(out), "-s", "3",
-                 "--ext", "webp", "-t", "32", "--tile-pad", "4", "-x"]) == 0  # 2 x 2 tiles
+    assert (
+        main(
+            [
+                "upscale",
+                "-m",
+                str(weights),
+                "-i",
+                str(tmp_path / "q.png"),
+                "-o",
+                str(out),
+                "-s",
+                "3",
+                "--ext",
+                "webp",
+                "-t",
+                "32",
+                "--tile-pad",
+                "4",
+                "-x",
+            ]
+        )
+        == 0
+    )  # 2 x 2 tiles
     assert Image.open(out / "q_x3.webp").size == (42, 42)
 
 
-def test_existing_output_skipped_unless_overwrite(tmp_path: Path, weights: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_skipped_unless_overwrite(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     out = tmp_path / "out"
     out.mkdir()
@@ -131,8 +166,9 @@ def test_existing_output_skipped_unless_overwrite(tmp_path: Path, weights: Path,
     assert Image.open(out / "a_x2.png").size == (40, 32)
 
 
-def test_bad_inputs_each_named_batch_continues(tmp_path: Path, weights: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_inputs_each_named_batch_continues(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(rgb()).save(src / "good.png")
@@ -151,8 +187,13 @@ def test_bad_inputs_each_named_batch_continues(tmp_path: Path, weights: Path,
     assert code == 1
     assert sorted(p.name for p in out.iterdir()) == ["anim_x2.png", "good_x2.png", "one_x2.png"]
     assert Image.open(out / "one_x2.png").size == (2, 2)
-    for name, words in [("text.png", "not an image"), ("empty.jpg", "empty file"), ("cut.png", "cannot decode"),
-                        ("bomb.png", "decompression bomb"), ("missing.png", "no such file")]:
+    for name, words in [
+        ("text.png", "not an image"),
+        ("empty.jpg", "empty file"),
+        ("cut.png", "cannot decode"),
+        ("bomb.png", "decompression bomb"),
+        ("missing.png", "no such file"),
+    ]:
         lines = [line for line in err.splitlines() if name in line and "error" in line]
         assert len(lines) == 1 and words in lines[0], (name, err)
     assert any("anim.gif" in line and "first frame" in line for line in err.splitlines())
@@ -181,21 +222,32 @@ def test_failed_write_leaves_nothing(tmp_path: Path, weights: Path, capsys: pyte
     (out / "a_x2_maps.png").mkdir(parents=True)  # the maps file cannot be written over a folder
     (out / "a_x2.png").write_bytes(b"the old result")
     (out / "c_x2_maps.png").mkdir()
-    code = up(weights, "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), str(tmp_path / "c.png"),
-              "-o", str(out), "--save-maps", "--overwrite")
+    code = up(
+        weights,
+        "-i",
+        str(tmp_path / "a.png"),
+        str(tmp_path / "b.png"),
+        str(tmp_path / "c.png"),
+        "-o",
+        str(out),
+        "--save-maps",
+        "--overwrite",
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert (out / "a_x2.png").read_bytes() == b"the old result"  # a failed maps write keeps what was there
     assert not (out / "c_x2.png").exists()  # and writes no half pair
     assert (out / "b_x2.png").is_file() and (out / "b_x2_maps.png").is_file()
     for name in ("a", "c"):
-        assert any(f"{name}.png" in line and f"cannot write {out / name}_x2_maps.png" in line
-                   for line in err.splitlines()), err
+        assert any(
+            f"{name}.png" in line and f"cannot write {out / name}_x2_maps.png" in line for line in err.splitlines()
+        ), err
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_existing_maps_skipped_unless_overwrite(tmp_path: Path, weights: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_maps_skipped_unless_overwrite(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     out = tmp_path / "out"
     out.mkdir()
@@ -222,8 +274,18 @@ def test_output_never_replaces_an_input(tmp_path: Path, weights: Path, capsys: p
     code = up(weights, "-i", str(src / "b.png"), str(src / "b_x2.png"), "-o", str(src), "--overwrite")
     err = capsys.readouterr().err
     assert code == 1 and f"b.png: output would replace the input {src / 'b_x2.png'}" in err
-    code = up(weights, "-i", str(src / "c.png"), str(src / "c_s_maps.png"), "-o", str(tmp_path / "in" / "."),
-              "--suffix", "_s", "--save-maps", "--overwrite")
+    code = up(
+        weights,
+        "-i",
+        str(src / "c.png"),
+        str(src / "c_s_maps.png"),
+        "-o",
+        str(tmp_path / "in" / "."),
+        "--suffix",
+        "_s",
+        "--save-maps",
+        "--overwrite",
+    )
     err = capsys.readouterr().err
     assert code == 1 and f"c.png: output would replace the input {src / 'c_s_maps.png'}" in err
     after = hashes(src)
@@ -246,8 +308,16 @@ def test_nothing_to_do(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixt
 
 
 def test_bad_options_exit_2(tmp_path: Path, weights: Path) -> None:
-    for bad in (["-s", "0.5"], ["-s", "x"], ["-t", "-3"], ["-t", "big"], ["-t", "8"], ["-t", "31"],
-                ["--quality", "101"], ["--ext", "gif"]):
+    for bad in (
+        ["-s", "0.5"],
+        ["-s", "x"],
+        ["-t", "-3"],
+        ["-t", "big"],
+        ["-t", "8"],
+        ["-t", "31"],
+        ["--quality", "101"],
+        ["--ext", "gif"],
+    ):
         with pytest.raises(SystemExit) as exc:
             main(["upscale", "-i", "a.png", "-o", str(tmp_path), *bad])
         assert exc.value.code == 2
@@ -273,16 +343,18 @@ def test_max_pixels_zero_means_no_limit(tmp_path: Path, weights: Path) -> None:
     assert Image.open(tmp_path / "o" / "a_x2.png").size == (16, 16)
 
 
-def test_too_big_for_memory_fails_that_input(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    import hbpn.inference
+def test_too_big_for_memory_fails_that_input(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hbpn.pipeline.tiling
 
     Image.fromarray(rgb(8, 8)).save(tmp_path / "small.png")
     Image.fromarray(rgb(40, 50)).save(tmp_path / "big.png")
     # 16x16 output: well under 1 MB; 500x400 at -s 10: 200,000 px x 60 B alone = 12 MB
-    monkeypatch.setattr(hbpn.inference, "free_memory", lambda device: 8_000_000)
-    code = up(weights, "-i", str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-o", str(tmp_path / "o"),
-              "-s", "10")
+    monkeypatch.setattr(hbpn.pipeline.tiling, "free_memory", lambda device: 8_000_000)
+    code = up(
+        weights, "-i", str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "-s", "10"
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["small_x10.png"]
@@ -298,8 +370,9 @@ def test_help_does_not_import_torch() -> None:
     assert proc.stdout.strip() == "False", "building the parser imported torch"
 
 
-def test_unavailable_device_is_one_line(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_unavailable_device_is_one_line(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     assert up(weights, "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--device", "cuda") == 2
@@ -307,11 +380,12 @@ def test_unavailable_device_is_one_line(tmp_path: Path, weights: Path, monkeypat
     assert err.startswith("hbpn upscale: error: device 'cuda' is not available (") and err.count("\n") == 1, err
 
 
-def test_default_model_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
-    import hbpn.hub
+def test_default_model_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hbpn.weights.store
 
-    monkeypatch.setattr(hbpn.hub, "shipped_path", lambda name: None)
+    monkeypatch.setattr(hbpn.weights.store, "shipped_path", lambda name: None)
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     assert main(["upscale", "-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "o")]) == 2
     assert "no shipped weights named 'default'" in capsys.readouterr().err
@@ -330,8 +404,12 @@ def test_formats_round_trip(tmp_path: Path, weights: Path) -> None:
     Image.fromarray(rgb(12, 10)).save(src / "icc.webp", icc_profile=icc)
     out = tmp_path / "out"
     assert up(weights, "-i", str(src), "-o", str(out)) == 0
-    expect = {"rgba_x2.png": ("RGBA", (20, 24)), "la_x2.png": ("LA", (20, 24)), "rot_x2.jpg": ("RGB", (24, 20)),
-              "icc_x2.webp": ("RGB", (20, 24))}
+    expect = {
+        "rgba_x2.png": ("RGBA", (20, 24)),
+        "la_x2.png": ("LA", (20, 24)),
+        "rot_x2.jpg": ("RGB", (24, 20)),
+        "icc_x2.webp": ("RGB", (20, 24)),
+    }
     for name, (mode, size) in expect.items():
         img = Image.open(out / name)
         assert (img.mode, img.size) == (mode, size), name
@@ -359,8 +437,26 @@ def test_torchrun_shards_the_inputs(tmp_path: Path, weights: Path) -> None:
         Image.fromarray(rgb(8, 8)).save(src / f"img{i}.png")
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "hbpn", "upscale", "-i", str(src), "-o", str(out), "-m", str(weights), "-s", "2", "-t", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "hbpn",
+        "upscale",
+        "-i",
+        str(src),
+        "-o",
+        str(out),
+        "-m",
+        str(weights),
+        "-s",
+        "2",
+        "-t",
+        "0",
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [f"img{i}_x2.png" for i in range(4)]

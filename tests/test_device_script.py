@@ -20,15 +20,16 @@ import pytest
 from PIL import Image
 
 from hbpn.config import get_preset
-from hbpn.hub import load_model, save_weights
 from hbpn.model import HBPN
+from hbpn.weights.store import load_model, save_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "device_train.sh"
 PACK = REPO / "scripts" / "pack_training_data.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
-                                reason="needs bash and coreutils' timeout")
+pytestmark = pytest.mark.skipif(
+    shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils' timeout"
+)
 
 
 def _photo(rng: np.random.Generator, h: int, w: int) -> Image.Image:
@@ -57,9 +58,16 @@ def _fake_packed(root: Path) -> Path:
 
 def _env(tmp_path: Path, data: Path, init: Path, out: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVICE_TRAIN_")}
-    env.update(OUT=str(out), DEVICE_TRAIN_DATA=str(data), DEVICE_TRAIN_INIT=str(init),
-               DEVICE_TRAIN_WORK=str(tmp_path / "work"), DEVICE_TRAIN_SMOKE="1", PYTHON=sys.executable,
-               CUDA_VISIBLE_DEVICES="", **extra)
+    env.update(
+        OUT=str(out),
+        DEVICE_TRAIN_DATA=str(data),
+        DEVICE_TRAIN_INIT=str(init),
+        DEVICE_TRAIN_WORK=str(tmp_path / "work"),
+        DEVICE_TRAIN_SMOKE="1",
+        PYTHON=sys.executable,
+        CUDA_VISIBLE_DEVICES="",
+        **extra,
+    )
     return env
 
 
@@ -69,13 +77,27 @@ def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
     init = tmp_path / "init.safetensors"
     save_weights(HBPN(get_preset("tiny")), init)
     out = tmp_path / "out"
-    res = subprocess.run(["bash", str(SCRIPT), "default", "train.seed=7"], cwd=tmp_path,
-                         env=_env(tmp_path, data, init, out), capture_output=True, text=True, check=False, timeout=300)
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "default", "train.seed=7"],
+        cwd=tmp_path,
+        env=_env(tmp_path, data, init, out),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
     files = {p.name for p in out.iterdir()}
-    assert files == {"default.safetensors", "train.log", "log.jsonl", "config.yaml", "eval.md", "eval.json",
-                     "eval-init.json"}
+    assert files == {
+        "default.safetensors",
+        "train.log",
+        "log.jsonl",
+        "config.yaml",
+        "eval.md",
+        "eval.json",
+        "eval-init.json",
+    }
     assert len(files) <= 8  # the device tool brings back 8 files at most
 
     model = load_model(out / "default.safetensors", device="cpu")
@@ -107,17 +129,37 @@ def test_device_train_refuses_missing_inputs(tmp_path: Path) -> None:
     """Fails in the checks before any training, naming what is missing, with status 2."""
     data = _fake_packed(tmp_path / "data")
     out = tmp_path / "out"
-    res = subprocess.run(["bash", str(SCRIPT), "default"], cwd=tmp_path,
-                         env=_env(tmp_path, data, tmp_path / "nope.safetensors", out),
-                         capture_output=True, text=True, check=False, timeout=60)
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "default"],
+        cwd=tmp_path,
+        env=_env(tmp_path, data, tmp_path / "nope.safetensors", out),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 2 and "nope.safetensors: no such weights file" in res.stderr
     init = tmp_path / "init.safetensors"
     save_weights(HBPN(get_preset("tiny")), init)
-    res = subprocess.run(["bash", str(SCRIPT), "real"], cwd=tmp_path, env=_env(tmp_path, data, init, out),
-                         capture_output=True, text=True, check=False, timeout=60)
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "real"],
+        cwd=tmp_path,
+        env=_env(tmp_path, data, init, out),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 2 and "City100-val: missing" in res.stderr
-    res = subprocess.run(["bash", str(SCRIPT), "bogus"], cwd=tmp_path, env=_env(tmp_path, data, init, out),
-                         capture_output=True, text=True, check=False, timeout=60)
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "bogus"],
+        cwd=tmp_path,
+        env=_env(tmp_path, data, init, out),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert res.returncode == 2 and "unknown profile 'bogus'" in res.stderr
 
 
@@ -139,7 +181,9 @@ def _fake_datasets(root: Path) -> Path:
 
 
 def _pack(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(PACK), "--quiet", *args], capture_output=True, text=True, check=False, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(PACK), "--quiet", *args], capture_output=True, text=True, check=False, timeout=120
+    )
 
 
 def test_pack_lossless_idempotent_and_trimmed(tmp_path: Path) -> None:
@@ -206,8 +250,9 @@ def test_pack_real_keeps_withheld_pairs_apart(tmp_path: Path) -> None:
         _photo(rng, 24, 32).save(root / "LR" / f"{i:03d}.png")
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    res = _pack("--profile", "real", "--source", str(tmp_path / "datasets"), "--repo", str(checkout),
-                "--budget-mib", "1000")
+    res = _pack(
+        "--profile", "real", "--source", str(tmp_path / "datasets"), "--repo", str(checkout), "--budget-mib", "1000"
+    )
     assert res.returncode == 0, res.stderr
     dest = checkout / "carry" / "data"
 
@@ -218,8 +263,16 @@ def test_pack_real_keeps_withheld_pairs_apart(tmp_path: Path) -> None:
     assert names(dest / "City100-val/HR") == names(dest / "City100-val/LR") == [f"{i:03d}" for i in range(41, 51)]
     need = float(res.stdout.split(" = ")[1].split(" MiB")[0])
     pair = sum(p.stat().st_size for p in (dest / "City100-val").rglob("*.*")) / 10 / 2**20
-    res = _pack("--profile", "real", "--source", str(tmp_path / "datasets"), "--repo", str(checkout),
-                "--budget-mib", f"{need + 1.0 - 3.5 * pair:.6f}")
+    res = _pack(
+        "--profile",
+        "real",
+        "--source",
+        str(tmp_path / "datasets"),
+        "--repo",
+        str(checkout),
+        "--budget-mib",
+        f"{need + 1.0 - 3.5 * pair:.6f}",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     val = names(dest / "City100-val/HR")
     assert 2 <= len(val) <= 7 and val == [f"{i:03d}" for i in range(41, 41 + len(val))]

@@ -13,14 +13,14 @@ from PIL import Image
 
 from hbpn.cli import main
 from hbpn.config import get_preset
-from hbpn.datasets import modcrop, open_dataset
 from hbpn.errors import HBPNError
-from hbpn.evaluate import evaluate, paper_figures, run_on_image
-from hbpn.hub import load_model, save_weights
-from hbpn.imresize import imresize
-from hbpn.metrics import psnr, ssim
+from hbpn.eval.datasets import modcrop, open_dataset
+from hbpn.eval.pictures import heat, worst_crop
+from hbpn.eval.score import evaluate, paper_figures, run_on_image
 from hbpn.model import HBPN
-from hbpn.pictures import heat, worst_crop
+from hbpn.ops.metrics import psnr, ssim
+from hbpn.ops.resize import imresize
+from hbpn.weights.store import load_model, save_weights
 
 
 def _smooth(h: int, w: int, seed: int, gray: bool = False) -> np.ndarray:
@@ -56,7 +56,8 @@ def hr_dir(tmp_path: Path) -> Path:
 def test_hr_folder_layout(hr_dir: Path) -> None:
     report = evaluate(None, {"S": hr_dir}, [2, 3])
     assert [(s.dataset, s.scale, s.layout, s.crop, s.views) for s in report.sets] == [
-        ("S", 2, "hr", 2, ("Y",)), ("S", 3, "hr", 3, ("Y",))
+        ("S", 2, "hr", 2, ("Y",)),
+        ("S", 3, "hr", 3, ("Y",)),
     ]
     r = report.sets[1].images[0]
     assert (r.name, r.width, r.height) == ("a", 45, 48)  # 50x45 cropped to a multiple of 3
@@ -128,8 +129,9 @@ def test_run_on_image_takes_gray_and_tiles(tiny_weights: Path) -> None:
     assert np.abs(tiled.astype(int) - whole).max() <= 3
 
 
-def test_cli_writes_reports_and_pictures(hr_dir: Path, tiny_weights: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_reports_and_pictures(
+    hr_dir: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "rep"
     rc = main(["eval", str(tiny_weights), "--data", f"S={hr_dir}", "--scale", "2", "--out", str(out), "--quiet"])
     assert rc == 0
@@ -152,8 +154,23 @@ def test_cli_writes_reports_and_pictures(hr_dir: Path, tiny_weights: Path, tmp_p
 
 def test_cli_bicubic_paper_column_and_crop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _save(tmp_path / "set5" / "x.png", _smooth(40, 40, 8))
-    rc = main(["eval", "bicubic", "--data", f"Set5={tmp_path / 'set5'}", "--scale", "4", "--crop", "0",
-               "--out", str(tmp_path / "r"), "--quiet", "--samples", "0"])
+    rc = main(
+        [
+            "eval",
+            "bicubic",
+            "--data",
+            f"Set5={tmp_path / 'set5'}",
+            "--scale",
+            "4",
+            "--crop",
+            "0",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--samples",
+            "0",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "32.55 / 0.900" in out and "28.42 / 0.810" in out  # the paper's HBPN and bicubic figures
@@ -161,8 +178,9 @@ def test_cli_bicubic_paper_column_and_crop(tmp_path: Path, capsys: pytest.Captur
     assert data["sets"][0]["crop"] == 0 and not (tmp_path / "r" / "pictures").exists()
 
 
-def test_unreadable_image_is_skipped_and_exit_code_is_1(hr_dir: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreadable_image_is_skipped_and_exit_code_is_1(
+    hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (hr_dir / "broken.png").write_bytes(b"not a png at all")
     rc = main(["eval", "bicubic", "--data", f"S={hr_dir}", "--scale", "2", "--out", str(tmp_path / "r"), "--quiet"])
     assert rc == 1
@@ -173,8 +191,9 @@ def test_unreadable_image_is_skipped_and_exit_code_is_1(hr_dir: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("make", ["missing", "empty"])
-def test_missing_or_empty_dir_is_one_line_and_exit_2(tmp_path: Path, make: str,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_or_empty_dir_is_one_line_and_exit_2(
+    tmp_path: Path, make: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     d = tmp_path / "data"
     if make == "empty":
         d.mkdir()
@@ -186,8 +205,9 @@ def test_missing_or_empty_dir_is_one_line_and_exit_2(tmp_path: Path, make: str,
 
 
 @pytest.mark.parametrize("out", ["file", "file/sub", "/proc/hbpn-nope"])
-def test_bad_out_fails_before_any_scoring(hr_dir: Path, tmp_path: Path, out: str,
-                                          monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_out_fails_before_any_scoring(
+    hr_dir: Path, tmp_path: Path, out: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     if out.startswith("/proc") and not Path("/proc").is_dir():
         pytest.skip("no /proc on this system")
     (tmp_path / "file").write_text("not a folder")
@@ -196,15 +216,16 @@ def test_bad_out_fails_before_any_scoring(hr_dir: Path, tmp_path: Path, out: str
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("scored before the output folder was checked")
 
-    monkeypatch.setattr("hbpn.evaluate.evaluate", must_not_run)
+    monkeypatch.setattr("hbpn.eval.score.evaluate", must_not_run)
     rc = main(["eval", "bicubic", "--data", f"S={hr_dir}", "--scale", "2", "--out", target, "--quiet"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hbpn eval: error:") and target in err and len(err.splitlines()) == 1
 
 
-def test_report_file_in_the_way_is_found_first(hr_dir: Path, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_file_in_the_way_is_found_first(
+    hr_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "r" / "report.md").mkdir(parents=True)
     rc = main(["eval", "bicubic", "--data", f"S={hr_dir}", "--scale", "2", "--out", str(tmp_path / "r"), "--quiet"])
     assert rc == 2 and "report.md" in capsys.readouterr().err
@@ -224,7 +245,9 @@ def test_data_set_names_become_safe_distinct_file_names(hr_dir: Path, tmp_path: 
     assert all(f"pictures/{p}" in md for p in pics)
 
 
-@pytest.mark.parametrize("argv", [["--data", "nodir"], ["--data", "S=x", "--scale", "2,x"], ["--data", "S=x", "--limit", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--data", "nodir"], ["--data", "S=x", "--scale", "2,x"], ["--data", "S=x", "--limit", "0"]]
+)
 def test_malformed_arguments_are_argparse_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["eval", "bicubic", *argv])
@@ -259,8 +282,12 @@ def test_picture_helpers() -> None:
 
 # The field's bicubic table (VDSR/LapSRN/EDSR papers): (PSNR, SSIM) on Y, crop = scale.
 BICUBIC_TABLE = {
-    ("Set5", 2): (33.66, 0.9299), ("Set5", 3): (30.39, 0.8682), ("Set5", 4): (28.42, 0.8104),
-    ("Set14", 2): (30.24, 0.8688), ("Set14", 3): (27.55, 0.7742), ("Set14", 4): (26.00, 0.7027),
+    ("Set5", 2): (33.66, 0.9299),
+    ("Set5", 3): (30.39, 0.8682),
+    ("Set5", 4): (28.42, 0.8104),
+    ("Set14", 2): (30.24, 0.8688),
+    ("Set14", 3): (27.55, 0.7742),
+    ("Set14", 4): (26.00, 0.7027),
 }
 
 
@@ -270,8 +297,23 @@ def test_cli_reproduces_the_bicubic_table(tmp_path: Path) -> None:
     from test_imresize import benchmark_dir
 
     set5, set14 = benchmark_dir("Set5"), benchmark_dir("Set14")
-    rc = main(["eval", "bicubic", "--data", f"Set5={set5}", "--data", f"Set14={set14}", "--scale", "2,3,4",
-               "--out", str(tmp_path / "r"), "--quiet", "--samples", "0"])
+    rc = main(
+        [
+            "eval",
+            "bicubic",
+            "--data",
+            f"Set5={set5}",
+            "--data",
+            f"Set14={set14}",
+            "--scale",
+            "2,3,4",
+            "--out",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--samples",
+            "0",
+        ]
+    )
     assert rc == 0
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     got = {(s["dataset"], s["scale"]): s["mean"]["bicubic"]["Y"] for s in data["sets"]}

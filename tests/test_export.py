@@ -14,8 +14,8 @@ from hbpn import __version__
 from hbpn.cli import main
 from hbpn.config import get_preset
 from hbpn.export import ExportError, export_model, onnx_runner, torchscript_runner
-from hbpn.hub import load_model, save_weights
 from hbpn.model import HBPN
+from hbpn.weights.store import load_model, save_weights
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

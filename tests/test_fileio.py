@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hbpn.fileio import _umask, atomic_path
+from hbpn.io.files import _umask, atomic_path
 
 
 def test_success_renames_into_place_with_umask_mode(tmp_path: Path) -> None:

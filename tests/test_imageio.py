@@ -1,4 +1,4 @@
-"""hbpn.imageio: modes, bit depths, EXIF, ICC, bad files, output formats, input expansion."""
+"""hbpn.io.images: modes, bit depths, EXIF, ICC, bad files, output formats, input expansion."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from hbpn.errors import ImageReadError
-from hbpn.imageio import expand_inputs, from_pil, output_extension, read_image, save_image, to_pil
+from hbpn.io.images import expand_inputs, from_pil, output_extension, read_image, save_image, to_pil
 
 RNG = np.random.default_rng(0)
 
@@ -30,7 +30,9 @@ def srgb_profile() -> bytes:
     [("RGB", 3), ("RGBA", 4), ("L", 1), ("LA", 2), ("1", 1), ("CMYK", 3), ("P", 3), ("I;16", 1)],
 )
 def test_modes_map_to_layouts(tmp_path: Path, mode: str, channels: int) -> None:
-    img = Image.fromarray(noise(9, 7)).convert(mode) if mode != "I;16" else Image.fromarray(noise(9, 7, None, np.uint16))
+    img = (
+        Image.fromarray(noise(9, 7)).convert(mode) if mode != "I;16" else Image.fromarray(noise(9, 7, None, np.uint16))
+    )
     path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
     img.save(path)
     pic = read_image(path)
@@ -185,8 +187,14 @@ def test_expand_inputs(tmp_path: Path) -> None:
     (tmp_path / "e.tif").write_bytes(b"x")
     (tmp_path / "odd.dat").write_bytes(b"x")
     files, unmatched = expand_inputs(
-        [str(tmp_path / "d"), str(tmp_path / "*.tif"), str(tmp_path / "d" / "b.png"), str(tmp_path / "odd.dat"),
-         str(tmp_path / "nope.png"), str(tmp_path / "*.xyz")]
+        [
+            str(tmp_path / "d"),
+            str(tmp_path / "*.tif"),
+            str(tmp_path / "d" / "b.png"),
+            str(tmp_path / "odd.dat"),
+            str(tmp_path / "nope.png"),
+            str(tmp_path / "*.xyz"),
+        ]
     )
     names = [p.relative_to(tmp_path).as_posix() for p in files]
     assert names == ["d/a.JPG", "d/b.png", "e.tif", "odd.dat"]  # sorted, no repeats, not recursive
@@ -195,9 +203,11 @@ def test_expand_inputs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "values, expected, note",
-    [(np.array([[0.0, 0.25], [0.5, 1.0]]), [0.0, 0.25, 0.5, 1.0], None),
-     (np.array([[0.0, 51.0], [127.5, 255.0]]), [0.0, 0.2, 0.5, 1.0], "divided by 255"),
-     (np.array([[0.0, 655.35], [32767.5, 65535.0]]), [0.0, 0.01, 0.5, 1.0], "divided by 65535")],
+    [
+        (np.array([[0.0, 0.25], [0.5, 1.0]]), [0.0, 0.25, 0.5, 1.0], None),
+        (np.array([[0.0, 51.0], [127.5, 255.0]]), [0.0, 0.2, 0.5, 1.0], "divided by 255"),
+        (np.array([[0.0, 655.35], [32767.5, 65535.0]]), [0.0, 0.01, 0.5, 1.0], "divided by 65535"),
+    ],
     ids=["unit", "eight-bit", "sixteen-bit"],
 )
 def test_float_tiff_by_its_range(tmp_path: Path, values: np.ndarray, expected: list[float], note: str | None) -> None:

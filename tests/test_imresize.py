@@ -1,4 +1,4 @@
-"""hbpn.imresize: MATLAB-compatible bicubic resizing."""
+"""hbpn.ops.resize: MATLAB-compatible bicubic resizing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import hbpn
-from hbpn.imresize import contributions, imresize
+from hbpn.ops.resize import contributions, imresize
 
 
 def shared_dir() -> Path | None:

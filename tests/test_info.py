@@ -11,9 +11,9 @@ import torch
 from hbpn.cli import main
 from hbpn.config import PRESETS, HBPNConfig, get_preset
 from hbpn.errors import HBPNError
-from hbpn.hub import save_weights
-from hbpn.info import describe
 from hbpn.model import HBPN
+from hbpn.profile import describe
+from hbpn.weights.store import save_weights
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def test_preset_and_weights_are_described_alike(tiny_weights: Path, capsys: pyte
     by_file = json.loads(capsys.readouterr().out)
     assert by_preset["model"] == "preset tiny" and by_file["model"] == str(tiny_weights)
     assert by_preset["config"] == by_file["config"] == PRESETS["tiny"].to_dict()
-    assert by_preset["parameters"] == by_file["parameters"] == sum(p.numel() for p in HBPN(PRESETS["tiny"]).parameters())
+    assert (
+        by_preset["parameters"] == by_file["parameters"] == sum(p.numel() for p in HBPN(PRESETS["tiny"]).parameters())
+    )
 
 
 @pytest.mark.parametrize(
@@ -39,8 +41,9 @@ def test_preset_and_weights_are_described_alike(tiny_weights: Path, capsys: pyte
         (["w.safetensors", "--preset", "tiny"], ["not both", "w.safetensors", "--preset tiny"]),
     ],
 )
-def test_bad_requests_are_one_line_errors(argv: list[str], words: list[str],
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_requests_are_one_line_errors(
+    argv: list[str], words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["info", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("hbpn info: error:") and len(err.splitlines()) == 1

@@ -1,4 +1,4 @@
-"""hbpn.metrics: PSNR and SSIM with the literature's MATLAB conventions."""
+"""hbpn.ops.metrics: PSNR and SSIM with the literature's MATLAB conventions."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from hbpn.imresize import imresize
-from hbpn.metrics import psnr, ssim
+from hbpn.ops.metrics import psnr, ssim
+from hbpn.ops.resize import imresize
 
 
 def _img(h: int = 32, w: int = 40, c: int = 3, seed: int = 0) -> np.ndarray:
@@ -89,8 +89,12 @@ def test_ssim_matches_scikit_image() -> None:
     a = _img(48, 40, 1)[..., 0]
     b = _noisy(a, sigma=20)
     ref = metrics.structural_similarity(
-        a.astype(np.float64), b.astype(np.float64), gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False, data_range=255,
+        a.astype(np.float64),
+        b.astype(np.float64),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
     )
     assert ssim(a, b) == pytest.approx(ref, abs=1e-6)
 
@@ -152,6 +156,7 @@ def test_bicubic_baseline_matches_the_literature(
     name: str, scale: int, want_psnr: float, psnr_tol: float, want_ssim: float, ssim_tol: float
 ) -> None:
     from PIL import Image
+
     from test_imresize import benchmark_dir
 
     folder = benchmark_dir(name) / f"image_SRF_{scale}"

@@ -19,8 +19,8 @@ from torch import nn
 
 from hbpn.config import PRESETS, HBPNConfig, get_preset
 from hbpn.errors import WeightsError
-from hbpn.hub import load_model, save_weights
 from hbpn.model import HBPN, count_parameters
+from hbpn.weights.store import load_model, save_weights
 
 PAPER_PARAMETERS = 33806559  # HBPN_Deploy.prototxt: 116 (de)convolutions + 83 PReLU slopes
 
@@ -93,21 +93,46 @@ def golden_summary(name: str) -> dict[str, object]:
 
 # Generated with `python tests/test_model.py` (see the module docstring).
 GOLDEN: dict[str, dict[str, object]] = {
-    "paper": {"parameters": 33806559, "keys_crc32": 1204843315, "image_sum": -86.8417,
-              "image_first": [0.106495, 0.228077, 0.312543, 0.456611],
-              "stage_sums": [32.4074, 112.7691, -1089.7735], "weights0_mean": 0.54131},
-    "small": {"parameters": 8454367, "keys_crc32": 355245957, "image_sum": 687.35,
-              "image_first": [0.333529, 0.353684, 0.434457, 0.336844],
-              "stage_sums": [544.2452, 71.0311, 1447.3995], "weights0_mean": 0.367404},
-    "fast": {"parameters": 33827139, "keys_crc32": 1736705858, "image_sum": 606.0642,
-             "image_first": [0.693199, 0.696237, 0.925389, 0.856259],
-             "stage_sums": [728.2761, 534.3384, 598.7861], "weights0_mean": 0.326502},
-    "lite": {"parameters": 7878147, "keys_crc32": 3112680938, "image_sum": 649.6598,
-             "image_first": [0.462978, 0.809745, 0.518478, 0.432821],
-             "stage_sums": [753.8383, 543.4043, 683.7615], "weights0_mean": 0.3282},
-    "tiny": {"parameters": 1410200, "keys_crc32": 2043533111, "image_sum": 386.3383,
-             "image_first": [0.471604, 0.540627, 0.549311, 0.5849],
-             "stage_sums": [623.5387, 174.3667], "weights0_mean": 0.446301},
+    "paper": {
+        "parameters": 33806559,
+        "keys_crc32": 1204843315,
+        "image_sum": -86.8417,
+        "image_first": [0.106495, 0.228077, 0.312543, 0.456611],
+        "stage_sums": [32.4074, 112.7691, -1089.7735],
+        "weights0_mean": 0.54131,
+    },
+    "small": {
+        "parameters": 8454367,
+        "keys_crc32": 355245957,
+        "image_sum": 687.35,
+        "image_first": [0.333529, 0.353684, 0.434457, 0.336844],
+        "stage_sums": [544.2452, 71.0311, 1447.3995],
+        "weights0_mean": 0.367404,
+    },
+    "fast": {
+        "parameters": 33827139,
+        "keys_crc32": 1736705858,
+        "image_sum": 606.0642,
+        "image_first": [0.693199, 0.696237, 0.925389, 0.856259],
+        "stage_sums": [728.2761, 534.3384, 598.7861],
+        "weights0_mean": 0.326502,
+    },
+    "lite": {
+        "parameters": 7878147,
+        "keys_crc32": 3112680938,
+        "image_sum": 649.6598,
+        "image_first": [0.462978, 0.809745, 0.518478, 0.432821],
+        "stage_sums": [753.8383, 543.4043, 683.7615],
+        "weights0_mean": 0.3282,
+    },
+    "tiny": {
+        "parameters": 1410200,
+        "keys_crc32": 2043533111,
+        "image_sum": 386.3383,
+        "image_first": [0.471604, 0.540627, 0.549311, 0.5849],
+        "stage_sums": [623.5387, 174.3667],
+        "weights0_mean": 0.446301,
+    },
 }
 
 
@@ -169,9 +194,7 @@ def test_unshuffle_preset() -> None:
     assert model.stages[0].sr_head[-1].out_channels == 3 * 4
 
 
-@pytest.mark.parametrize(
-    "name,size", [("tiny", 24), ("small", 24), pytest.param("paper", 16, marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("name,size", [("tiny", 24), ("small", 24), pytest.param("paper", 16, marks=pytest.mark.slow)])
 def test_gradients_reach_every_parameter(name: str, size: int) -> None:
     model = filled(name)
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -259,7 +282,7 @@ def test_save_load_round_trip(tmp_path: Path, dtype: torch.dtype | None) -> None
 
 
 def test_unavailable_devices_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from hbpn.hub import resolve_device
+    from hbpn.weights.store import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(WeightsError, match=r"device 'cuda' is not available \("):
@@ -283,7 +306,7 @@ def test_unavailable_devices_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path
 def test_weights_without_config_only_for_the_paper_shape(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from hbpn.hub import config_from_state_dict
+    from hbpn.weights.store import config_from_state_dict
 
     with torch.device("meta"):  # shapes only: no memory, no init arithmetic
         paper = HBPN(get_preset("paper"))
@@ -298,23 +321,23 @@ def test_weights_without_config_only_for_the_paper_shape(tmp_path: Path) -> None
 def test_shipped_weights_from_a_folder_or_a_zip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import zipfile
 
-    import hbpn.hub
+    import hbpn.weights.store
 
     model = fill_by_name(HBPN(get_preset("tiny")))
     folder = tmp_path / "pkg"
     (folder / "weights").mkdir(parents=True)
     path = save_weights(model, folder / "weights" / "default.safetensors")
-    monkeypatch.setattr(hbpn.hub.resources, "files", lambda package: folder)
-    assert hbpn.hub.shipped_path("default") == path and path.is_file()
-    assert hbpn.hub.shipped_path("real") is None
+    monkeypatch.setattr(hbpn.weights.store.resources, "files", lambda package: folder)
+    assert hbpn.weights.store.shipped_path("default") == path and path.is_file()
+    assert hbpn.weights.store.shipped_path("real") is None
     assert torch.equal(load_model("default").stem[0].conv.weight, model.stem[0].conv.weight)
 
     archive = tmp_path / "hbpn.zip"  # as when the package is imported from a zip: no file to point at
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(path, "hbpn/weights/default.safetensors")
     path.unlink()
-    monkeypatch.setattr(hbpn.hub.resources, "files", lambda package: zipfile.Path(archive, "hbpn/"))
-    assert hbpn.hub.shipped_path("default") is None
+    monkeypatch.setattr(hbpn.weights.store.resources, "files", lambda package: zipfile.Path(archive, "hbpn/"))
+    assert hbpn.weights.store.shipped_path("default") is None
     loaded = load_model("default")
     assert loaded.cfg == model.cfg and torch.equal(loaded.stem[0].conv.weight, model.stem[0].conv.weight)
     with pytest.raises(WeightsError, match="no shipped weights named 'real'"):

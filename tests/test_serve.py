@@ -25,11 +25,11 @@ from fastapi.testclient import TestClient  # noqa: E402
 from hbpn.cli import main  # noqa: E402
 from hbpn.config import get_preset  # noqa: E402
 from hbpn.errors import HBPNError  # noqa: E402
-from hbpn.hub import load_model, save_weights  # noqa: E402
 from hbpn.model import HBPN  # noqa: E402
-from hbpn.serve import LOCAL_HOSTS, create_app  # noqa: E402
-from hbpn.upscale import target_size  # noqa: E402
-from hbpn.serve_jobs import JobError, ModelSlot, ServeLimits, encode_image, load_models, output_size  # noqa: E402
+from hbpn.pipeline.upscaling import target_size  # noqa: E402
+from hbpn.serve.app import LOCAL_HOSTS, create_app  # noqa: E402
+from hbpn.serve.jobs import JobError, ModelSlot, ServeLimits, encode_image, load_models, output_size  # noqa: E402
+from hbpn.weights.store import load_model, save_weights  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_unknown_model_and_missing_fields_are_422(client: TestClient) -> None:
 
 def test_malformed_multipart_is_a_4xx(client: TestClient) -> None:
     for body, ctype in [
-        (b"--xyz\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nabc", "boundary=xyz"),
+        (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\nabc', "boundary=xyz"),
         (b"garbage without any boundary", "boundary=xyz"),
         (b"--xyz\r\nno headers end here", "boundary=xyz"),
         (b"whatever", ""),

@@ -14,8 +14,8 @@ import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -55,10 +55,10 @@ def server(tmp_path: Path) -> Iterator[str]:
     import uvicorn
 
     from hbpn.config import get_preset
-    from hbpn.hub import save_weights
     from hbpn.model import HBPN
-    from hbpn.serve import create_app
-    from hbpn.serve_jobs import load_models
+    from hbpn.serve.app import create_app
+    from hbpn.serve.jobs import load_models
+    from hbpn.weights.store import save_weights
 
     weights = save_weights(HBPN(get_preset("tiny")), tmp_path / "tiny.safetensors")
     app = create_app(load_models([weights], device="cpu"))

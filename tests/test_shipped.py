@@ -7,8 +7,8 @@ import pytest
 import skimage.data
 
 import hbpn
-from hbpn.hub import SHIPPED, shipped_path
-from hbpn.metrics import psnr
+from hbpn.ops.metrics import psnr
+from hbpn.weights.store import SHIPPED, shipped_path
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

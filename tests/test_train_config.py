@@ -10,14 +10,15 @@ import pytest
 
 from hbpn.config import get_preset
 from hbpn.train.config import ConfigError, config_from_dict, load_config, parse_set
-from hbpn.train.trainer import lr_at
+from hbpn.train.loop import lr_at
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DATA = {"data": {"hr_dirs": ["/nowhere"]}}
 
 
-@pytest.mark.parametrize("name", ["paper", "smoke", "cpu-small", "real-cpu", "default-cpu", "device-h100",
-                                  "device-real-h100"])
+@pytest.mark.parametrize(
+    "name", ["paper", "smoke", "cpu-small", "real-cpu", "default-cpu", "device-h100", "device-real-h100"]
+)
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml")
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -90,8 +91,13 @@ def test_bad_values_name_the_key(data: dict, message: str) -> None:
 
 
 def test_valid_ranges_pass() -> None:
-    cfg = config_from_dict({**DATA, "optim": {"grad_clip": None},
-                            "degrade": {"blur_sigma": [0.5, 0.5], "jpeg_quality": [1, 100], "noise_sigma": [0.1, 20]}})
+    cfg = config_from_dict(
+        {
+            **DATA,
+            "optim": {"grad_clip": None},
+            "degrade": {"blur_sigma": [0.5, 0.5], "jpeg_quality": [1, 100], "noise_sigma": [0.1, 20]},
+        }
+    )
     assert cfg.degrade.jpeg_quality == (1, 100) and cfg.optim.grad_clip is None
 
 
@@ -102,7 +108,10 @@ def test_missing_data_is_an_error() -> None:
 
 def test_set_overrides_parse_as_yaml(tmp_path: Path) -> None:
     assert parse_set(["optim.lr=2e-4", "model.preset=tiny", "data.scales=[2, 4]", "train.ema=null"]) == {
-        "optim": {"lr": 2e-4}, "model": {"preset": "tiny"}, "data": {"scales": [2, 4]}, "train": {"ema": None},
+        "optim": {"lr": 2e-4},
+        "model": {"preset": "tiny"},
+        "data": {"scales": [2, 4]},
+        "train": {"ema": None},
     }
     path = tmp_path / "c.yaml"
     path.write_text("model: {preset: small}\ndata: {hr_dirs: [imgs]}\noptim: {lr: 1.0e-4}\n")

@@ -115,8 +115,9 @@ def test_pairs_with_range_and_smaller_lr(tmp_path: Path) -> None:
         inp, target = ds[key]
         assert inp.shape == target.shape == (3, 32, 32)
     # same-size pair img1: the input is the LR crop itself, aligned with the HR crop
-    no_aug = PatchDataset(images, config_from_dict({"data": {**cfg.to_dict()["data"], "augment": False}}).data,
-                          cfg.degrade, seed=0)
+    no_aug = PatchDataset(
+        images, config_from_dict({"data": {**cfg.to_dict()["data"], "augment": False}}).data, cfg.degrade, seed=0
+    )
     inp, target = no_aug[(0, 0)]
     assert torch.equal(inp, target)
 

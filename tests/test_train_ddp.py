@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from hbpn.train.config import config_from_dict
-from hbpn.train.trainer import Trainer
+from hbpn.train.loop import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +38,20 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path) -> No
     hashes = tmp_path / "hashes"
     hashes.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HBPN_DEBUG_WEIGHTS_HASH": str(hashes)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "hbpn", "train", "--config", str(cfg_path), "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "hbpn",
+        "train",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = [(hashes / f"rank{r}.sha256").read_text() for r in range(2)]

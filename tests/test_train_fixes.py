@@ -13,12 +13,11 @@ from PIL import Image
 
 from hbpn.cli import main
 from hbpn.errors import HBPNError
-from hbpn.train import trainer as trainer_mod
+from hbpn.train import loop as trainer_mod
 from hbpn.train.config import config_from_dict
 from hbpn.train.data import load_hr_folders, load_pairs
-from hbpn.train.trainer import Trainer
+from hbpn.train.loop import Trainer
 from hbpn.train.validate import load_valset
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -128,8 +127,8 @@ def test_validation_skips_images_too_small_for_ssim(tmp_path: Path) -> None:
     vs = load_valset(cfg.val)
     assert [v.name for v in vs.images] == ["big"]
     assert len(vs.skipped) == 1 and "small.png: 30x14 is too small to score with a 2-pixel border crop" in vs.skipped[0]
-    pytest.importorskip("hbpn.metrics")
-    from hbpn.metrics import ssim
+    pytest.importorskip("hbpn.ops.metrics")
+    from hbpn.ops.metrics import ssim
 
     assert 0 < ssim(vs.images[0].hr, vs.images[0].hr, crop=vs.crop) <= 1
 
@@ -145,8 +144,10 @@ def test_validation_pairs_by_stem_like_training(tmp_path: Path) -> None:
     assert [v.name for v in vs.images] == ["a", "b"]
     assert len(vs.skipped) == 1 and "c.png: no LR image named c.* in" in vs.skipped[0]
     train = load_pairs(str(root), None, True, 16, "pad")
-    assert [(h.name, lr.name) for h, lr in zip(train.hr_paths, train.lr_paths or [])] == [("a.png", "a.jpg"),
-                                                                                          ("b.png", "b.png")]
+    assert [(h.name, lr.name) for h, lr in zip(train.hr_paths, train.lr_paths or [])] == [
+        ("a.png", "a.jpg"),
+        ("b.png", "b.png"),
+    ]
     assert train.skipped == vs.skipped
     set5 = tmp_path / "set5"  # NAME_HR.ext + NAME_LR.ext, also by stem
     save_image(set5 / "x_HR.png", 32, 32)
@@ -167,6 +168,7 @@ def test_decompression_bombs_are_skipped(tmp_path: Path, monkeypatch: pytest.Mon
     assert [p.name for p in got.hr_paths] == ["ok.png"]
     assert len(got.skipped) == 1 and "bomb.png: cannot read image" in got.skipped[0]
     if cache:
-        vs = load_valset(config_from_dict({"data": {"hr_dirs": ["x"]},
-                                           "val": {"dir": str(tmp_path), "scale": 2, "crop": 0}}).val)
+        vs = load_valset(
+            config_from_dict({"data": {"hr_dirs": ["x"]}, "val": {"dir": str(tmp_path), "scale": 2, "crop": 0}}).val
+        )
         assert [v.name for v in vs.images] == ["ok"] and "bomb.png: cannot read image" in vs.skipped[0]

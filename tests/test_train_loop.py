@@ -15,11 +15,10 @@ from safetensors.torch import load_file
 
 from hbpn.cli import main
 from hbpn.config import get_preset
-from hbpn.hub import load_model, save_weights
 from hbpn.model import HBPN
 from hbpn.train.config import config_from_dict
-from hbpn.train.trainer import Trainer, TrainingDiverged
-
+from hbpn.train.loop import Trainer, TrainingDiverged
+from hbpn.weights.store import load_model, save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,8 +76,23 @@ def test_cli_refuses_a_non_empty_out_and_resumes(images: Path, tmp_path: Path, c
     assert main(["train", "--out", str(tmp_path / "fresh"), "--resume"]) == 2
     assert "no config.yaml to resume with" in capsys.readouterr().err
     fresh = tmp_path / "fresh"
-    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--out", str(fresh), "--steps", "1",
-                 "--set", "optim.lr=2e-4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(tmp_path / "cfg.yaml"),
+                "--out",
+                str(fresh),
+                "--steps",
+                "1",
+                "--set",
+                "optim.lr=2e-4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "finished at step 1" in capsys.readouterr().out
     assert main(["train", "--out", str(fresh), "--resume", "--steps", "2", "--quiet"]) == 0  # reuses config.yaml
     assert [s for s, _ in losses(fresh)] == [1, 2]
@@ -91,8 +105,9 @@ def test_cli_refuses_a_non_empty_out_and_resumes(images: Path, tmp_path: Path, c
     assert [s for s, _ in losses(failed)] == [1]
 
 
-@pytest.mark.parametrize("log_every, message", [(1, "loss became nan by step 3"),
-                                                 (100, "weights became NaN or infinite by step 4")])
+@pytest.mark.parametrize(
+    "log_every, message", [(1, "loss became nan by step 3"), (100, "weights became NaN or infinite by step 4")]
+)
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_every: int, message: str
 ) -> None:
@@ -155,9 +170,8 @@ def test_init_from_weights(images: Path, tmp_path: Path) -> None:
 
 
 def test_validation_keeps_the_best_and_logs(images: Path, tmp_path: Path) -> None:
-    pytest.importorskip("hbpn.metrics")
-    cfg = tiny(images, val={"dir": str(images), "scale": 2, "every": 2, "max_images": 2},
-               train={"tensorboard": True})
+    pytest.importorskip("hbpn.ops.metrics")
+    cfg = tiny(images, val={"dir": str(images), "scale": 2, "every": 2, "max_images": 2}, train={"tensorboard": True})
     result = Trainer(cfg, tmp_path).run()
     assert result.best_psnr is not None and result.best_psnr > 15
     records = [json.loads(ln) for ln in (tmp_path / "log.jsonl").read_text().splitlines()]
@@ -173,7 +187,7 @@ def test_validation_keeps_the_best_and_logs(images: Path, tmp_path: Path) -> Non
 
 
 def test_paired_training_with_withheld_validation(images: Path, tmp_path: Path) -> None:
-    pytest.importorskip("hbpn.metrics")
+    pytest.importorskip("hbpn.ops.metrics")
     root = tmp_path / "pairs"
     (root / "HR").mkdir(parents=True)
     (root / "LR").mkdir()
@@ -181,8 +195,12 @@ def test_paired_training_with_withheld_validation(images: Path, tmp_path: Path) 
         hr = Image.open(src)
         hr.save(root / "HR" / f"{i:03d}.png")
         hr.resize((hr.width // 2, hr.height // 2), Image.BICUBIC).save(root / "LR" / f"{i:03d}.png")
-    cfg = tiny(images, data={"hr_dirs": [], "paired_dir": str(root), "pair_range": [0, 3]},
-               val={"dir": str(root), "pair_range": [3, 4], "every": 2}, train={"steps": 2})
+    cfg = tiny(
+        images,
+        data={"hr_dirs": [], "paired_dir": str(root), "pair_range": [0, 3]},
+        val={"dir": str(root), "pair_range": [3, 4], "every": 2},
+        train={"steps": 2},
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     result = trainer.run()
     assert [p.name for p in trainer.dataset.images.hr_paths] == ["000.png", "001.png", "002.png"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hbpn.train.config import ConfigError, config_from_dict
-from hbpn.train.trainer import Trainer
+from hbpn.train.loop import Trainer
 
 
 def _loss(reduction: str, stage_weight: float) -> float:

@@ -26,11 +26,13 @@ def write_config(tmp_path: Path, steps: int) -> Path:
         yy, xx = np.mgrid[0:40, 0:40]
         img = 127 + 100 * np.sin(xx / (2 + i))[..., None] * np.cos(yy / 3)[..., None] * np.ones(3)
         Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(imgs / f"{i}.png")
-    cfg = config_from_dict({
-        "model": {"preset": "tiny"},
-        "data": {"hr_dirs": [str(imgs)], "patch": 16},
-        "train": {"steps": steps, "batch": 1, "log_every": 1, "ckpt_every": 100_000, "tensorboard": False},
-    })
+    cfg = config_from_dict(
+        {
+            "model": {"preset": "tiny"},
+            "data": {"hr_dirs": [str(imgs)], "patch": 16},
+            "train": {"steps": steps, "batch": 1, "log_every": 1, "ckpt_every": 100_000, "tensorboard": False},
+        }
+    )
     path = tmp_path / "cfg.yaml"
     path.write_text(cfg.to_yaml())
     return path
@@ -44,9 +46,11 @@ def test_a_second_trainer_on_a_held_folder_fails_in_one_line(tmp_path: Path, cap
     cfg = write_config(tmp_path, steps=1)
     out = tmp_path / "run"
     out.mkdir()
-    hold = ("import fcntl, os, sys, time\n"
-            "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-            "print('held', flush=True); time.sleep(60)")
+    hold = (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True); time.sleep(60)"
+    )
     # another process holding the run folder's lock, as a running trainer does
     holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -66,8 +70,13 @@ def test_a_second_trainer_on_a_held_folder_fails_in_one_line(tmp_path: Path, cap
 def test_sigterm_writes_a_final_checkpoint_and_exits_130(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, steps=100_000)
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "hbpn", "train", "--config", str(cfg), "--out", str(out),
-                             "--quiet"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hbpn", "train", "--config", str(cfg), "--out", str(out), "--quiet"],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         log = out / "log.jsonl"

@@ -26,13 +26,23 @@ def test_smoke_config_trains_and_validates(tmp_path: Path) -> None:
     root = shared()
     if root is None:
         pytest.skip("needs ../shared/datasets/train/T91 and benchmark/Set5 (the training data)")
-    pytest.importorskip("hbpn.metrics")
+    pytest.importorskip("hbpn.ops.metrics")
     sets = [f"data.hr_dirs=[{root / 'datasets/train/T91'}]", f"val.dir={root / 'datasets/benchmark/Set5/image_SRF_4'}"]
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = main(["train", "--config", str(REPO / "configs" / "smoke.yaml"), "--out", str(tmp_path), "--quiet",
-                   "--set", *sets])
+        rc = main(
+            [
+                "train",
+                "--config",
+                str(REPO / "configs" / "smoke.yaml"),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+                "--set",
+                *sets,
+            ]
+        )
     finally:
         torch.set_num_threads(n)
     assert rc == 0

@@ -1,8 +1,6 @@
-"""hbpn.upscale and hbpn.inference: types in and out, sizes, channels, tiling, ensemble, memory."""
+"""hbpn.pipeline.upscaling and hbpn.pipeline.tiling: types in and out, sizes, channels, tiling, ensemble, memory."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pytest
@@ -12,11 +10,10 @@ from torch import nn
 
 from hbpn.config import get_preset
 from hbpn.errors import WeightsError
-from hbpn.imresize import imresize
-from hbpn.inference import activation_bytes_per_pixel, auto_tile, compile_model, run_model
 from hbpn.model import HBPN
-from hbpn.upscale import check_scale, target_size, upscale, upscale_with_maps
-
+from hbpn.ops.resize import imresize
+from hbpn.pipeline.tiling import activation_bytes_per_pixel, auto_tile, compile_model, run_model
+from hbpn.pipeline.upscaling import check_scale, target_size, upscale, upscale_with_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -122,15 +119,15 @@ def test_gray_is_mean_of_rgb_restoration(model: HBPN) -> None:
 
 
 def test_model_none_without_shipped_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hbpn.hub
+    import hbpn.weights.store
 
-    monkeypatch.setattr(hbpn.hub, "shipped_path", lambda name: None)
+    monkeypatch.setattr(hbpn.weights.store, "shipped_path", lambda name: None)
     with pytest.raises(WeightsError, match="default"):
         upscale(np.zeros((4, 4, 3), np.uint8), 2)
 
 
 def test_model_from_path(tmp_path, model: HBPN) -> None:
-    from hbpn.hub import save_weights
+    from hbpn.weights.store import save_weights
 
     save_weights(model, tmp_path / "m.safetensors")
     x = torch.rand(3, 8, 8)
@@ -140,7 +137,7 @@ def test_model_from_path(tmp_path, model: HBPN) -> None:
 def test_given_model_device_check(monkeypatch: pytest.MonkeyPatch) -> None:
     import types
 
-    from hbpn.upscale import resolve_model
+    from hbpn.pipeline.upscaling import resolve_model
 
     # Pretend to be a two-GPU machine with the model on cuda:0 (shapes only, nothing runs).
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -234,12 +231,19 @@ def test_run_model_keeps_its_signature(model: HBPN) -> None:
     assert out.shape == x.shape and maps.shape == (1, 2, 20, 20)
 
 
-def test_module_is_callable(identity: HBPN) -> None:
-    # `hbpn.upscale` may be the module or the function depending on import order; both must upscale.
-    import hbpn
+def test_public_names_are_plain_functions_whatever_the_import_order(identity: HBPN) -> None:
+    # they were modules made callable; now plain, annotated functions, the same after any submodule import
+    import inspect
 
-    mod = sys.modules["hbpn.upscale"]
-    assert mod(np.zeros((3, 3, 3), np.uint8), 2, identity).shape == (6, 6, 3)
+    import hbpn
+    import hbpn.ops.resize
+    import hbpn.pipeline.upscaling
+
+    for name in ("upscale", "imresize", "load_model"):
+        fn = getattr(hbpn, name)
+        assert inspect.isfunction(fn), name
+        assert inspect.signature(fn).return_annotation is not inspect.Signature.empty, name
+    assert hbpn.upscale is hbpn.pipeline.upscaling.upscale and hbpn.imresize is hbpn.ops.resize.imresize
     assert hbpn.upscale(np.zeros((3, 3, 3), np.uint8), 2, identity).shape == (6, 6, 3)
 
 
@@ -250,8 +254,16 @@ def test_batched_passes_equal_one_by_one(model: HBPN, ensemble: bool) -> None:
     ref, ref_maps = run_model(model, x, tile=32, tile_pad=4, ensemble=ensemble, maps=True)
     for batch in (2, 3, 64):
         calls: list[tuple[int, int]] = []
-        out, maps = run_model(model, x, tile=32, tile_pad=4, ensemble=ensemble, maps=True, batch=batch,
-                              progress=lambda d, t, calls=calls: calls.append((d, t)))
+        out, maps = run_model(
+            model,
+            x,
+            tile=32,
+            tile_pad=4,
+            ensemble=ensemble,
+            maps=True,
+            batch=batch,
+            progress=lambda d, t, calls=calls: calls.append((d, t)),
+        )
         assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(maps, ref_maps, atol=1e-6), batch
         passes = 4 * (8 if ensemble else 1)  # 2 x 2 tiles of 24 x 32, in 1 or 8 orientations
         assert calls[-1] == (passes, passes) and len(calls) >= -(-passes // batch)
@@ -265,7 +277,7 @@ def test_compiled_model_gets_full_batches(model: HBPN) -> None:
     # making the graph rebuild for a smaller one. Stand in for the graph with a recorder.
     import copy
 
-    from hbpn.inference import is_compiled
+    from hbpn.pipeline.tiling import is_compiled
 
     net = copy.deepcopy(model)
     sizes: list[int] = []
@@ -289,23 +301,25 @@ def test_compiled_model_gets_full_batches(model: HBPN) -> None:
 
 @pytest.mark.slow  # the first meta-device trace in a process takes a few seconds
 def test_memory_counts_the_batch(model: HBPN) -> None:
-    from hbpn.inference import memory_needed
+    from hbpn.pipeline.tiling import memory_needed
 
     one = memory_needed(model, (2000, 2000), tile=512)
     four = memory_needed(model, (2000, 2000), tile=512, batch=4)
     full = memory_needed(model, (2000, 2000), tile=0) - memory_needed(model, (2000, 2000), tile=512) + one
-    assert one < four < full and four - one == pytest.approx(3 * (one - memory_needed(model, (2000, 2000), tile=8)),
-                                                             rel=0.01)
+    assert one < four < full and four - one == pytest.approx(
+        3 * (one - memory_needed(model, (2000, 2000), tile=8)), rel=0.01
+    )
     cpu = torch.device("cpu")
-    assert auto_tile(model, cpu, (4000, 4000), free_bytes=2**30, batch=4) < auto_tile(model, cpu, (4000, 4000),
-                                                                                       free_bytes=2**30)
+    assert auto_tile(model, cpu, (4000, 4000), free_bytes=2**30, batch=4) < auto_tile(
+        model, cpu, (4000, 4000), free_bytes=2**30
+    )
 
 
 def test_tiles_sit_on_the_model_grid() -> None:
     # The network is shift-equivariant only in steps of cfg.multiple (32 for lite: unshuffle 4 x
     # three stride-2 levels). Tiles cut at other offsets saw another grid and, with lite, came out
     # 4 levels off on average (the shipped model lost 0.74 dB at 512-px tiles); now they sit on it.
-    from hbpn.inference import _layout
+    from hbpn.pipeline.tiling import _layout
 
     for size, tile in ((203, 64), (1536, 512), (1000, 512), (2880, 1024)):
         t, starts = _layout(size, tile, 16, 32)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class HBPNConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "HBPNConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> HBPNConfig:
         """Build a config from a mapping; unknown keys are an error naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -89,7 +90,7 @@ class HBPNConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "HBPNConfig":
+    def from_json(cls, text: str) -> HBPNConfig:
         return cls.from_dict(json.loads(text))
 
 

@@ -25,10 +25,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
-from .errors import HBPNError
-from .fileio import atomic_path
-from .model import HBPN
+from hbpn import __version__
+from hbpn.errors import HBPNError
+from hbpn.io.files import atomic_path
+from hbpn.model import HBPN
 
 FORMATS = ("onnx", "torchscript")
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16}
@@ -230,7 +230,9 @@ def verify(
         except Exception as exc:  # noqa: BLE001  (a runtime without a kernel for this precision, say)
             raise ExportError(f"{path}: running the {fmt} file on {tuple(shape)} failed ({exc})") from None
         if out.shape != ref.shape:
-            raise ExportError(f"{path}: output shape {tuple(out.shape)} for input {tuple(shape)}, expected {tuple(ref.shape)}")
+            raise ExportError(
+                f"{path}: output shape {tuple(out.shape)} for input {tuple(shape)}, expected {tuple(ref.shape)}"
+            )
         scale = float(ref.abs().max())
         checks.append(
             Check(tuple(shape), float((out - ref).abs().max()), scale, TOLERANCE[precision] * max(1.0, scale))

@@ -5,7 +5,7 @@ SR-HG hourglass built from them, then one stage (hourglass + fusion + heads),
 then the Weighted Reconstruction block and the whole network.
 
 The wiring follows ``HBPN_Deploy.prototxt`` exactly; the Caffe layer names each
-parameter maps to are in :mod:`hbpn.caffe`. Module attribute names are the
+parameter maps to are in :mod:`hbpn.convert.caffe`. Module attribute names are the
 checkpoint format: do not rename them.
 
 Shapes: ``B`` batch, ``H x W`` the output (= input) resolution, ``C_l`` the width
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import HBPNConfig
+from hbpn.config import HBPNConfig
 
 # RGB in [0, 1] -> YCbCr (BT.601, studio range, scaled to [0, 1]); the constants
 # of the prototxt's Eltwise coefficients and Scale biases.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from .. import __version__
-from ..errors import HBPNError
+from hbpn import __version__
+from hbpn.errors import HBPNError
 
 # sub-command -> module under hbpn.cli (imported on demand so `hbpn --help` is fast)
 COMMANDS: dict[str, str] = {
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hbpn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         try:
             mod = importlib.import_module(f"hbpn.cli.{module}")
         except ModuleNotFoundError as exc:

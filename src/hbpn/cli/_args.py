@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 
 def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
@@ -25,7 +25,7 @@ def whole_number(minimum: int = 0, maximum: int | None = None) -> Callable[[str]
 
 def tile(text: str) -> int | str:
     """``auto``, ``0`` (no tiling) or a tile edge of at least ``MIN_TILE`` pixels."""
-    from ..defaults import MIN_TILE
+    from hbpn.defaults import MIN_TILE
 
     if text == "auto":
         return text
@@ -35,5 +35,6 @@ def tile(text: str) -> int | str:
         value = -1
     if value != 0 and value < MIN_TILE:
         raise argparse.ArgumentTypeError(
-            f"tile must be 0 (no tiling), auto, or a number of pixels >= {MIN_TILE}, got {text!r}")
+            f"tile must be 0 (no tiling), auto, or a number of pixels >= {MIN_TILE}, got {text!r}"
+        )
     return value

@@ -18,7 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("caffemodel", type=Path, help="binary .caffemodel file (the weights, not the .prototxt)")
     p.add_argument(
-        "-o", "--output", type=Path, default=None,
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
         help="output .safetensors file (default: the input's name with .safetensors, beside it)",
     )
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
@@ -26,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..caffe import convert_caffemodel
+    from hbpn.convert.caffe import convert_caffemodel
 
     out = args.output if args.output is not None else args.caffemodel.with_suffix(".safetensors")
     result = convert_caffemodel(args.caffemodel, out, overwrite=args.force)

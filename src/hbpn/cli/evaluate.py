@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
-from ._args import whole_number
+from hbpn.cli._args import whole_number
 
 T = TypeVar("T")
 
@@ -44,24 +44,56 @@ def register(sub: argparse._SubParsersAction) -> None:
         "  hbpn eval real --data City100=datasets/real/City100-iPhoneX-train",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL",
-                   help="shipped weights name, a .safetensors file, or 'bicubic' for the baseline alone")
-    p.add_argument("--data", metavar="NAME=DIR", type=_data_arg, action="append", required=True,
-                   help="a data set to score, by name (Set5, Set14... names the paper's figures) and folder; "
-                   "repeat for several")
-    p.add_argument("--scale", type=_scales_arg, default=[2, 3, 4], metavar="S[,S...]",
-                   help="scale factors, comma-separated (default: 2,3,4); ignored for real HR/LR pairs")
+    p.add_argument(
+        "model", metavar="MODEL", help="shipped weights name, a .safetensors file, or 'bicubic' for the baseline alone"
+    )
+    p.add_argument(
+        "--data",
+        metavar="NAME=DIR",
+        type=_data_arg,
+        action="append",
+        required=True,
+        help="a data set to score, by name (Set5, Set14... names the paper's figures) and folder; repeat for several",
+    )
+    p.add_argument(
+        "--scale",
+        type=_scales_arg,
+        default=[2, 3, 4],
+        metavar="S[,S...]",
+        help="scale factors, comma-separated (default: 2,3,4); ignored for real HR/LR pairs",
+    )
     p.add_argument("--ensemble", action="store_true", help="x8 self-ensemble (8 flips/rotations averaged)")
-    p.add_argument("--out", default="eval-report", metavar="DIR",
-                   help="folder for report.md, report.csv, report.json and pictures/ (default: eval-report)")
-    p.add_argument("--tile", type=whole_number(0), default=0, metavar="PX",
-                   help="run the model on tiles of PX pixels to save memory (default: 0, whole image)")
+    p.add_argument(
+        "--out",
+        default="eval-report",
+        metavar="DIR",
+        help="folder for report.md, report.csv, report.json and pictures/ (default: eval-report)",
+    )
+    p.add_argument(
+        "--tile",
+        type=whole_number(0),
+        default=0,
+        metavar="PX",
+        help="run the model on tiles of PX pixels to save memory (default: 0, whole image)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
-    p.add_argument("--limit", type=whole_number(1), default=None, metavar="N", help="score only the first N images of each set")
-    p.add_argument("--crop", type=whole_number(0), default=None, metavar="PX",
-                   help="border pixels ignored when scoring (default: the scale; 0 for real pairs)")
-    p.add_argument("--samples", type=whole_number(0), default=3, metavar="N",
-                   help="images per set shown in the comparison pictures (default: 3; 0: no pictures)")
+    p.add_argument(
+        "--limit", type=whole_number(1), default=None, metavar="N", help="score only the first N images of each set"
+    )
+    p.add_argument(
+        "--crop",
+        type=whole_number(0),
+        default=None,
+        metavar="PX",
+        help="border pixels ignored when scoring (default: the scale; 0 for real pairs)",
+    )
+    p.add_argument(
+        "--samples",
+        type=whole_number(0),
+        default=3,
+        metavar="N",
+        help="images per set shown in the comparison pictures (default: 3; 0: no pictures)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -69,9 +101,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..errors import HBPNError
-    from ..evaluate import evaluate
-    from ..report import format_table, report_folder, write_report
+    from hbpn.errors import HBPNError
+    from hbpn.eval.report import format_table, report_folder, write_report
+    from hbpn.eval.score import evaluate
 
     names = [name for name, _ in args.data]
     if len(set(names)) != len(names):
@@ -79,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise HBPNError(f"data set name given twice: {', '.join(dup)}")
     model = None
     if args.model != "bicubic":
-        from ..hub import load_model
+        from hbpn.weights.store import load_model
 
         model = load_model(args.model, device=args.device)
 
@@ -89,8 +121,16 @@ def run(args: argparse.Namespace) -> int:
     # --out is made and checked first: a bad folder found after the scoring would throw the scoring away.
     with report_folder(args.out) as out:
         report = evaluate(
-            model, dict(args.data), args.scale, model_name=args.model, ensemble=args.ensemble, tile=args.tile,
-            crop=args.crop, limit=args.limit, samples=args.samples, progress=progress,
+            model,
+            dict(args.data),
+            args.scale,
+            model_name=args.model,
+            ensemble=args.ensemble,
+            tile=args.tile,
+            crop=args.crop,
+            limit=args.limit,
+            samples=args.samples,
+            progress=progress,
         )
     for s in report.sets:
         for note in s.notes:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..model import HBPN
+    from hbpn.model import HBPN
 
 SUFFIX_FORMAT = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript"}
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import DEFAULT_OPSET, TOLERANCE, ExportError, export_model
+    from hbpn.export import DEFAULT_OPSET, TOLERANCE, ExportError, export_model
 
     if args.output.is_dir():
         raise ExportError(f"{args.output}: is a folder; give a file name")
@@ -77,18 +77,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(source: str | None, preset: str | None) -> HBPN:
-    from ..errors import HBPNError
+    from hbpn.errors import HBPNError
 
     if preset is not None:
         if source is not None:
             raise HBPNError("give a MODEL or --preset, not both")
-        from ..config import get_preset
-        from ..model import HBPN
+        from hbpn.config import get_preset
+        from hbpn.model import HBPN
 
         try:
             return HBPN(get_preset(preset)).eval()
         except ValueError as exc:
             raise HBPNError(str(exc)) from None
-    from ..hub import load_model
+    from hbpn.weights.store import load_model
 
     return load_model(source, device="cpu")

@@ -23,8 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import HBPNError
-    from ..info import describe
+    from hbpn.errors import HBPNError
+    from hbpn.profile import describe
 
     if args.model is not None and args.preset is not None:
         raise HBPNError(f"give MODEL or --preset, not both (got {args.model!r} and --preset {args.preset})")

@@ -7,7 +7,7 @@ import ipaddress
 import socket
 import sys
 
-from ._args import tile, whole_number
+from hbpn.cli._args import tile, whole_number
 
 DEFAULT_PORT = 8000
 
@@ -35,31 +35,50 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port to listen on; 0 picks a free one (default: {DEFAULT_PORT})")
     p.add_argument(
-        "-m", "--model", action="append", dest="models", metavar="MODEL",
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to listen on; 0 picks a free one (default: {DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        action="append",
+        dest="models",
+        metavar="MODEL",
         help="shipped weights name or .safetensors file to offer; repeat to offer several, the first is the "
         "default (default: the shipped 'default' weights)",
     )
     p.add_argument("--max-upload-mb", type=_size_mb, default=20.0, help="largest upload in MiB (default: 20)")
     p.add_argument(
-        "--max-pixels", type=whole_number(1), default=8_000_000,
+        "--max-pixels",
+        type=whole_number(1),
+        default=8_000_000,
         help="largest result in pixels, width x height after upscaling (default: 8000000)",
     )
     p.add_argument(
-        "--queue", type=whole_number(0), default=4,
+        "--queue",
+        type=whole_number(0),
+        default=4,
         help="requests that may wait per model while one runs; more get 503 with Retry-After (default: 4)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument(
-        "--tile", type=tile, default=None,
+        "--tile",
+        type=tile,
+        default=None,
         help="tile edge in output pixels, 0 for whole images, or 'auto' to fit free memory (default: 256)",
     )
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
-                   help="arithmetic on the device (default: fp32)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn's log level (default: info)")
+    p.add_argument(
+        "--precision", choices=["fp32", "fp16", "bf16"], default=None, help="arithmetic on the device (default: fp32)"
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default: info)",
+    )
     p.set_defaults(func=run)
 
 
@@ -74,7 +93,7 @@ def _is_loopback(host: str) -> bool:
 
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the listening socket here, so a busy port is a one-line error before anything starts."""
-    from ..errors import HBPNError
+    from hbpn.errors import HBPNError
 
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: quick restarts
@@ -87,13 +106,13 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import HBPNError
+    from hbpn.errors import HBPNError
 
     try:
         import uvicorn
 
-        from ..serve import LOCAL_HOSTS, create_app
-        from ..serve_jobs import ServeLimits, load_models
+        from hbpn.serve.app import LOCAL_HOSTS, create_app
+        from hbpn.serve.jobs import ServeLimits, load_models
     except ModuleNotFoundError as exc:
         raise HBPNError(f"hbpn serve needs {exc.name}: pip install 'hbpn[serve]'") from None
 

@@ -34,22 +34,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE",
-                   help="YAML training config (e.g. configs/paper.yaml); with --resume, default: OUT/config.yaml")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder for checkpoints and logs (must be empty unless --resume)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML training config (e.g. configs/paper.yaml); with --resume, default: OUT/config.yaml",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="run folder for checkpoints and logs (must be empty unless --resume)",
+    )
     p.add_argument("--steps", type=int, metavar="N", help="total optimizer steps (overrides train.steps)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where its last checkpoint left it")
-    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override config values, parsed as YAML: --set optim.lr=2e-4 model.preset=tiny data.scales=[2,4]")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out exactly where its last checkpoint left it"
+    )
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override config values, parsed as YAML: --set optim.lr=2e-4 model.preset=tiny data.scales=[2,4]",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import HBPNError
-    from ..train.checkpoint import CONFIG
-    from ..train.config import load_config
-    from ..train.trainer import Trainer
+    from hbpn.errors import HBPNError
+    from hbpn.train.checkpoint import CONFIG
+    from hbpn.train.config import load_config
+    from hbpn.train.loop import Trainer
 
     out = Path(args.out)
     config = args.config
@@ -84,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _exclusive(out: Path, rank: int) -> Iterator[None]:
     """Hold a lock on the run folder: two trainers writing one folder would corrupt it."""
-    from ..errors import HBPNError
+    from hbpn.errors import HBPNError
 
     if rank != 0:  # under torchrun only rank 0 writes
         yield
@@ -113,6 +130,7 @@ def _on_sigterm(request_stop: Callable[[], None]) -> Iterator[None]:
     started from a non-interactive shell ignore SIGINT, so this is the way to
     stop them cleanly.
     """
+
     def handler(signum: int, frame: object) -> None:
         request_stop()
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ._args import tile, whole_number
+from hbpn.cli._args import tile, whole_number
 
 EPILOG = """\
 Examples:
@@ -26,7 +26,7 @@ Exit status: 0 all done or skipped, 1 some input failed, 2 nothing to do."""
 
 
 def _scale(text: str) -> float:
-    from ..upscale import check_scale
+    from hbpn.pipeline.upscaling import check_scale
 
     try:
         return check_scale(float(text))
@@ -36,7 +36,7 @@ def _scale(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # torch-free defaults: building the parser (hbpn --help) must not import torch
-    from ..defaults import DEFAULT_QUALITY, DEFAULT_TILE, DEFAULT_TILE_PAD, MIN_TILE
+    from hbpn.defaults import DEFAULT_QUALITY, DEFAULT_TILE, DEFAULT_TILE_PAD, MIN_TILE
 
     p = sub.add_parser(
         "upscale",
@@ -45,45 +45,108 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-i", "--input", nargs="+", required=True, metavar="INPUT",
-                   help="image files, folders (their image files, not recursive) or quoted globs")
+    p.add_argument(
+        "-i",
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="INPUT",
+        help="image files, folders (their image files, not recursive) or quoted globs",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created if missing)")
     p.add_argument("-s", "--scale", type=_scale, default=4.0, help="any real factor >= 1 (default: 4)")
-    p.add_argument("-m", "--model", default=None,
-                   help="weights: a .safetensors file or a shipped name (default: the shipped 'default')")
-    p.add_argument("-t", "--tile", type=tile, default=DEFAULT_TILE, metavar="N|auto",
-                   help=f"tile edge in output pixels (>= {MIN_TILE}); 0 = whole image at once; auto = the largest "
-                        f"that fits in free memory (default: {DEFAULT_TILE})")
-    p.add_argument("--tile-pad", type=whole_number(0), default=DEFAULT_TILE_PAD, metavar="N",
-                   help=f"overlap on each side of a tile, blended (default: {DEFAULT_TILE_PAD})")
-    p.add_argument("-x", "--ensemble", action="store_true",
-                   help="x8 self-ensemble (4 rotations x flip, averaged): slightly better, 8x slower")
+    p.add_argument(
+        "-m",
+        "--model",
+        default=None,
+        help="weights: a .safetensors file or a shipped name (default: the shipped 'default')",
+    )
+    p.add_argument(
+        "-t",
+        "--tile",
+        type=tile,
+        default=DEFAULT_TILE,
+        metavar="N|auto",
+        help=f"tile edge in output pixels (>= {MIN_TILE}); 0 = whole image at once; auto = the largest "
+        f"that fits in free memory (default: {DEFAULT_TILE})",
+    )
+    p.add_argument(
+        "--tile-pad",
+        type=whole_number(0),
+        default=DEFAULT_TILE_PAD,
+        metavar="N",
+        help=f"overlap on each side of a tile, blended (default: {DEFAULT_TILE_PAD})",
+    )
+    p.add_argument(
+        "-x",
+        "--ensemble",
+        action="store_true",
+        help="x8 self-ensemble (4 rotations x flip, averaged): slightly better, 8x slower",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32",
-                   help="network arithmetic: fp16/bf16 use autocast, faster on GPUs (default: fp32)")
-    p.add_argument("--threads", type=whole_number(1), default=None, metavar="N",
-                   help="CPU threads for the network (default: PyTorch's, one per core); 1 is often faster "
-                        "on a machine busy with other work")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network: 30-60 s to build per tile shape, then up to 1.3x faster on CPU; "
-                        "for long jobs of same-size images")
-    p.add_argument("--batch", type=whole_number(1), default=1, metavar="N",
-                   help="tile passes (tiles, or -x orientations) per forward of the network: 2-4 can keep more "
-                        "cores busy on small tiles, at N tiles' memory (default: 1)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="network arithmetic: fp16/bf16 use autocast, faster on GPUs (default: fp32)",
+    )
+    p.add_argument(
+        "--threads",
+        type=whole_number(1),
+        default=None,
+        metavar="N",
+        help="CPU threads for the network (default: PyTorch's, one per core); 1 is often faster "
+        "on a machine busy with other work",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network: 30-60 s to build per tile shape, then up to 1.3x faster on CPU; "
+        "for long jobs of same-size images",
+    )
+    p.add_argument(
+        "--batch",
+        type=whole_number(1),
+        default=1,
+        metavar="N",
+        help="tile passes (tiles, or -x orientations) per forward of the network: 2-4 can keep more "
+        "cores busy on small tiles, at N tiles' memory (default: 1)",
+    )
     p.add_argument("--suffix", default=None, help="added to each output's stem (default: _x{scale}, e.g. _x4)")
-    p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
-                   help="output format; auto keeps png/jpg/webp inputs' format, others become png (default: auto)")
-    p.add_argument("--quality", type=whole_number(1, 100), default=DEFAULT_QUALITY, metavar="Q",
-                   help=f"JPEG/WebP quality 1-100 (default: {DEFAULT_QUALITY})")
+    p.add_argument(
+        "--ext",
+        choices=("auto", "png", "jpg", "webp"),
+        default="auto",
+        help="output format; auto keeps png/jpg/webp inputs' format, others become png (default: auto)",
+    )
+    p.add_argument(
+        "--quality",
+        type=whole_number(1, 100),
+        default=DEFAULT_QUALITY,
+        metavar="Q",
+        help=f"JPEG/WebP quality 1-100 (default: {DEFAULT_QUALITY})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
-    p.add_argument("--save-maps", action="store_true",
-                   help="also write the WR weighting maps as STEM{suffix}_maps.png (stage k in channel k)")
-    p.add_argument("--max-pixels", type=whole_number(0), default=None, metavar="N",
-                   help="refuse inputs with more pixels (decompression-bomb guard; 0 = no limit; "
-                        "default: Pillow's, ~89 MP)")
-    p.add_argument("--max-output-pixels", type=whole_number(0), default=0, metavar="N",
-                   help="refuse inputs whose output would have more pixels (default: 0, no limit; inputs "
-                        "that would not fit in free memory are refused anyway)")
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write the WR weighting maps as STEM{suffix}_maps.png (stage k in channel k)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=whole_number(0),
+        default=None,
+        metavar="N",
+        help="refuse inputs with more pixels (decompression-bomb guard; 0 = no limit; default: Pillow's, ~89 MP)",
+    )
+    p.add_argument(
+        "--max-output-pixels",
+        type=whole_number(0),
+        default=0,
+        metavar="N",
+        help="refuse inputs whose output would have more pixels (default: 0, no limit; inputs "
+        "that would not fit in free memory are refused anyway)",
+    )
     p.set_defaults(func=run)
 
 
@@ -116,7 +179,7 @@ def _maps_image(maps):  # type: ignore[no-untyped-def]
 
 def _plan(files: list[Path], outdir: Path, suffix: str, ext: str, maps: bool) -> list[tuple[Path, Path, str | None]]:
     """(input, output, problem or None) for every input, over the whole list so all ranks agree."""
-    from ..imageio import output_extension
+    from hbpn.io.images import output_extension
 
     inputs = {src.resolve(): src for src in files}
     owner: dict[Path, Path] = {}
@@ -128,8 +191,11 @@ def _plan(files: list[Path], outdir: Path, suffix: str, ext: str, maps: bool) ->
             victim = inputs.get(target.resolve())
             clash = owner.setdefault(target, src)
             if victim is not None:
-                problem = (f"output would replace the input {victim}" if victim.resolve() != src.resolve()
-                           else "output would replace the input")
+                problem = (
+                    f"output would replace the input {victim}"
+                    if victim.resolve() != src.resolve()
+                    else "output would replace the input"
+                )
             elif clash is not src:
                 problem = f"same output name {target} as {clash}"
             if problem:
@@ -149,12 +215,12 @@ def _gib(n: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..errors import HBPNError
-    from ..fileio import atomic_path
-    from ..hub import load_model
-    from ..imageio import expand_inputs, read_image, save_image, to_pil
-    from ..inference import compile_model, free_memory, memory_needed
-    from ..upscale import target_size, upscale_picture
+    from hbpn.errors import HBPNError
+    from hbpn.io.files import atomic_path
+    from hbpn.io.images import expand_inputs, read_image, save_image, to_pil
+    from hbpn.pipeline.tiling import compile_model, free_memory, memory_needed
+    from hbpn.pipeline.upscaling import target_size, upscale_picture
+    from hbpn.weights.store import load_model
 
     def say(kind: str, text: str) -> None:
         tqdm.write(f"hbpn upscale{tag}: {kind}: {text}", file=sys.stderr)
@@ -211,17 +277,29 @@ def run(args: argparse.Namespace) -> int:
                 say("warning", f"{src}: {note}")
             size = target_size(*picture.pixels.shape[:2], args.scale)
             if args.max_output_pixels and size[0] * size[1] > args.max_output_pixels:
-                raise HBPNError(f"{src}: the {size[1]}x{size[0]} output has more pixels than "
-                                f"--max-output-pixels {args.max_output_pixels}")
-            need = memory_needed(model, size, tile=args.tile, precision=args.precision, maps=args.save_maps,
-                                 batch=args.batch)
+                raise HBPNError(
+                    f"{src}: the {size[1]}x{size[0]} output has more pixels than "
+                    f"--max-output-pixels {args.max_output_pixels}"
+                )
+            need = memory_needed(
+                model, size, tile=args.tile, precision=args.precision, maps=args.save_maps, batch=args.batch
+            )
             free = free_memory(device)
             if free is not None and need > free:
-                raise HBPNError(f"{src}: the {size[1]}x{size[0]} output needs about {_gib(need)} of memory, "
-                                f"{_gib(free)} is free on {device} (use a smaller scale or --tile)")
+                raise HBPNError(
+                    f"{src}: the {size[1]}x{size[0]} output needs about {_gib(need)} of memory, "
+                    f"{_gib(free)} is free on {device} (use a smaller scale or --tile)"
+                )
             result, maps = upscale_picture(
-                picture, args.scale, model, tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble,
-                precision=args.precision, progress=_tile_bar(tiles, src.name), maps=args.save_maps,
+                picture,
+                args.scale,
+                model,
+                tile=args.tile,
+                tile_pad=args.tile_pad,
+                ensemble=args.ensemble,
+                precision=args.precision,
+                progress=_tile_bar(tiles, src.name),
+                maps=args.save_maps,
                 batch=args.batch,
             )
             # Both files go to temporaries first and are renamed at the end (maps, then the
@@ -229,8 +307,9 @@ def run(args: argparse.Namespace) -> int:
             target = out
             try:
                 with atomic_path(out) as tmp_out:
-                    notes = save_image(to_pil(result.pixels, result.bits, result.icc_profile), tmp_out,
-                                       quality=args.quality)
+                    notes = save_image(
+                        to_pil(result.pixels, result.bits, result.icc_profile), tmp_out, quality=args.quality
+                    )
                     if maps is not None:
                         target = maps_out
                         with atomic_path(maps_out) as tmp_maps:
@@ -265,8 +344,18 @@ def _tile_bar(holder: list, name: str) -> Callable[[int, int], None]:
         if total <= 4:
             return
         if not holder:
-            holder.append(tqdm(total=total, desc=name, unit="pass", leave=False, position=1,
-                               file=sys.stderr, disable=None, dynamic_ncols=True))
+            holder.append(
+                tqdm(
+                    total=total,
+                    desc=name,
+                    unit="pass",
+                    leave=False,
+                    position=1,
+                    file=sys.stderr,
+                    disable=None,
+                    dynamic_ncols=True,
+                )
+            )
         holder[0].update(done - holder[0].n)
 
     return progress

@@ -17,9 +17,9 @@ _LAZY = {
     "ConfigError": "hbpn.train.config",
     "load_config": "hbpn.train.config",
     "config_from_dict": "hbpn.train.config",
-    "Trainer": "hbpn.train.trainer",
-    "TrainResult": "hbpn.train.trainer",
-    "TrainingDiverged": "hbpn.train.trainer",
+    "Trainer": "hbpn.train.loop",
+    "TrainResult": "hbpn.train.loop",
+    "TrainingDiverged": "hbpn.train.loop",
 }
 
 __all__ = list(_LAZY)

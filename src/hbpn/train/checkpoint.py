@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import HBPNConfig
-from ..errors import HBPNError
-from ..fileio import atomic_path
-from ..hub import read_weights, save_weights
-from ..model import HBPN
-from .config import TrainConfig
+from hbpn.config import HBPNConfig
+from hbpn.errors import HBPNError
+from hbpn.io.files import atomic_path
+from hbpn.model import HBPN
+from hbpn.train.config import TrainConfig
+from hbpn.weights.store import read_weights, save_weights
 
 STATE = "state.pt"
 LAST = "last.safetensors"
@@ -132,8 +132,11 @@ def config_changes(stored: Mapping[str, Any], current: Mapping[str, Any]) -> dic
         return out
 
     a, b = flat(stored), flat(json.loads(json.dumps(current)))
-    return {k: (a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(a.keys() | b.keys())
-            if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+    return {
+        k: (a.get(k, _ABSENT), b.get(k, _ABSENT))
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+    }
 
 
 def resume_notes(state: Mapping[str, Any], cfg: TrainConfig, out: Path) -> list[str]:
@@ -144,12 +147,16 @@ def resume_notes(state: Mapping[str, Any], cfg: TrainConfig, out: Path) -> list[
     changes.pop("train.progress", None)  # --quiet: cosmetic
     show = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
     if any(k.startswith("model.") for k in changes):
-        raise HBPNError(f"{out}: the config's model section differs from the run's ({show}); --resume "
-                        f"continues the same network: start a new run with train.init_from={out / LAST} instead")
+        raise HBPNError(
+            f"{out}: the config's model section differs from the run's ({show}); --resume "
+            f"continues the same network: start a new run with train.init_from={out / LAST} instead"
+        )
     notes = [f"resuming with a changed config: {show}"] if changes else []
     if "train.steps" in changes and cfg.schedule.kind == "cosine":
-        notes.append("train.steps changed: the cosine schedule now ends at the new train.steps "
-                     "(the learning rate moves to where the new curve is at this step)")
+        notes.append(
+            "train.steps changed: the cosine schedule now ends at the new train.steps "
+            "(the learning rate moves to where the new curve is at this step)"
+        )
     return notes
 
 

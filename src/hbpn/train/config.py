@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import HBPNConfig, get_preset
-from .schema import ConfigError, build, merge, parse_set, plain
+from hbpn.config import HBPNConfig, get_preset
+from hbpn.train.schema import ConfigError, build, merge, parse_set, plain
 
 __all__ = ["ConfigError", "TrainConfig", "config_from_dict", "load_config", "parse_set"]
 
@@ -36,8 +36,11 @@ class ModelSection:
     unshuffle: int | None = None
 
     def overrides(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "preset" and getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "preset" and getattr(self, f.name) is not None
+        }
 
     def to_hbpn_config(self) -> HBPNConfig:
         if self.preset is None:
@@ -274,8 +277,16 @@ def _check(cfg: TrainConfig) -> None:
         (d.patch >= 8, "data.patch", "must be at least 8"),
         (d.workers >= 0, "data.workers", "must be >= 0"),
         (all(s >= 1 for s in d.scales) and (d.scales or d.scale_range), "data.scales", "must be >= 1 and not empty"),
-        (d.scale_range is None or 1 <= d.scale_range[0] <= d.scale_range[1], "data.scale_range", "must be [lo, hi], 1 <= lo <= hi"),
-        (d.pair_range is None or 0 <= d.pair_range[0] < d.pair_range[1], "data.pair_range", "must be [start, stop) with 0 <= start < stop"),
+        (
+            d.scale_range is None or 1 <= d.scale_range[0] <= d.scale_range[1],
+            "data.scale_range",
+            "must be [lo, hi], 1 <= lo <= hi",
+        ),
+        (
+            d.pair_range is None or 0 <= d.pair_range[0] < d.pair_range[1],
+            "data.pair_range",
+            "must be [start, stop) with 0 <= start < stop",
+        ),
         (t.steps >= 0, "train.steps", "must be >= 0"),
         (t.batch >= 1, "train.batch", "must be >= 1"),
         (t.ema is None or 0 < t.ema < 1, "train.ema", "must be in (0, 1) or null"),
@@ -283,7 +294,11 @@ def _check(cfg: TrainConfig) -> None:
         (t.ckpt_every >= 1, "train.ckpt_every", "must be >= 1"),
         (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "must be positive or null"),
         (cfg.optim.lr > 0, "optim.lr", "must be positive"),
-        (cfg.val.pair_range is None or 0 <= cfg.val.pair_range[0] < cfg.val.pair_range[1], "val.pair_range", "must be [start, stop) with 0 <= start < stop"),
+        (
+            cfg.val.pair_range is None or 0 <= cfg.val.pair_range[0] < cfg.val.pair_range[1],
+            "val.pair_range",
+            "must be [start, stop) with 0 <= start < stop",
+        ),
         (cfg.val.scale >= 1, "val.scale", "must be >= 1"),
         (cfg.val.every >= 1, "val.every", "must be >= 1"),
         (cfg.loss.stage_weight >= 0, "loss.stage_weight", "must be >= 0"),
@@ -294,8 +309,11 @@ def _check(cfg: TrainConfig) -> None:
         (all(0 <= b < 1 for b in o.betas), "optim.betas", "must both be in [0, 1)"),
         (o.eps >= 0, "optim.eps", "must be >= 0"),
         (o.weight_decay >= 0, "optim.weight_decay", "must be >= 0"),
-        (0 < d.pair_share < 1 or not (d.hr_dirs and d.pairs), "data.pair_share",
-         "must be in (0, 1) for a mixture of data.hr_dirs and data.pairs"),
+        (
+            0 < d.pair_share < 1 or not (d.hr_dirs and d.pairs),
+            "data.pair_share",
+            "must be in (0, 1) for a mixture of data.hr_dirs and data.pairs",
+        ),
     ]
     for ok, key, msg in checks:
         if not ok:
@@ -303,8 +321,10 @@ def _check(cfg: TrainConfig) -> None:
     if not d.hr_dirs and d.paired_dir is None and not d.pairs:
         raise ConfigError("config key 'data' needs hr_dirs (HR-only folders), pairs or paired_dir (HR/ + LR/ pairs)")
     if d.paired_dir is not None and (d.hr_dirs or d.pairs):
-        raise ConfigError("config key 'data.paired_dir' is set with data.hr_dirs or data.pairs: "
-                          "list every paired folder under data.pairs for a mixture")
+        raise ConfigError(
+            "config key 'data.paired_dir' is set with data.hr_dirs or data.pairs: "
+            "list every paired folder under data.pairs for a mixture"
+        )
     for i, src in enumerate(d.pairs):
         r = src.range
         if r is not None and not 0 <= r[0] < r[1]:
@@ -323,14 +343,25 @@ def _check_degrade(g: DegradeSection) -> None:
     """Ranges of the degradation model, each naming its key."""
     checks = [
         (1 <= g.jpeg_quality[0] <= g.jpeg_quality[1] <= 100, "jpeg_quality", "must be [lo, hi], 1 <= lo <= hi <= 100"),
-        (bool(g.kernels) and all(k in KERNELS for k in g.kernels), "kernels",
-         f"must list one or more of {', '.join(KERNELS)}"),
+        (
+            bool(g.kernels) and all(k in KERNELS for k in g.kernels),
+            "kernels",
+            f"must list one or more of {', '.join(KERNELS)}",
+        ),
     ]
     for p in ("blur_sigma", "aniso_sigma", "noise_sigma", "poisson_scale"):
         lo, hi = getattr(g, p)
         checks.append((0 < lo <= hi, p, "must be [lo, hi], 0 < lo <= hi"))
-    for p in ("blur_prob", "aniso_prob", "noise_prob", "gray_noise_prob", "poisson_prob", "jpeg_prob",
-              "second_prob", "shuffle_prob"):
+    for p in (
+        "blur_prob",
+        "aniso_prob",
+        "noise_prob",
+        "gray_noise_prob",
+        "poisson_prob",
+        "jpeg_prob",
+        "second_prob",
+        "shuffle_prob",
+    ):
         checks.append((0 <= getattr(g, p) <= 1, p, "must be in [0, 1]"))
     if g.kind == "classic":
         for p in ("gray_noise_prob", "poisson_prob", "second_prob", "shuffle_prob"):

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import HBPNError, ImageReadError
-from .config import DataSection, DegradeSection
-from .degrade import degrade, draw_scale, region_size
+from hbpn.errors import HBPNError, ImageReadError
+from hbpn.train.config import DataSection, DegradeSection
+from hbpn.train.degrade import degrade, draw_scale, region_size
 
 IMAGE_EXTS = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -83,7 +83,11 @@ class ImageSet:
         hr = self.hr[i] if self.hr and self.hr[i] is not None else read_rgb(self.hr_paths[i])
         if self.lr_paths is None:
             return hr, None
-        lr = self.lr[i] if self.lr and self.lr[i] is not None else _fit_lr(read_rgb(self.lr_paths[i]), hr, self.lr_paths[i])
+        lr = (
+            self.lr[i]
+            if self.lr and self.lr[i] is not None
+            else _fit_lr(read_rgb(self.lr_paths[i]), hr, self.lr_paths[i])
+        )
         return hr, lr
 
 
@@ -92,8 +96,10 @@ def _fit_lr(lr: np.ndarray, hr: np.ndarray, path: Path) -> np.ndarray:
     if lr.shape == hr.shape:
         return lr
     if lr.shape[0] > hr.shape[0] or lr.shape[1] > hr.shape[1]:
-        raise ImageReadError(f"{path}: LR {lr.shape[1]}x{lr.shape[0]} is larger than its HR {hr.shape[1]}x{hr.shape[0]}")
-    from ..imresize import imresize
+        raise ImageReadError(
+            f"{path}: LR {lr.shape[1]}x{lr.shape[0]} is larger than its HR {hr.shape[1]}x{hr.shape[0]}"
+        )
+    from hbpn.ops.resize import imresize
 
     return imresize(lr, size=hr.shape[:2])
 
@@ -214,7 +220,11 @@ class PatchDataset(Dataset):
     """
 
     def __init__(
-        self, images: ImageSet, data: DataSection, degrade_cfg: DegradeSection, seed: int,
+        self,
+        images: ImageSet,
+        data: DataSection,
+        degrade_cfg: DegradeSection,
+        seed: int,
         pairs: ImageSet | None = None,
     ) -> None:
         """``pairs``: real pairs mixed in (``data.pair_share`` of the samples) beside HR-only ``images``."""

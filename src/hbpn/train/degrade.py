@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..imresize import imresize
-from .config import DegradeSection
+from hbpn.ops.resize import imresize
+from hbpn.train.config import DegradeSection
 
 
 def region_size(patch: int, scale: float) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from ..errors import HBPNError
+from hbpn.errors import HBPNError
 
 
 class ConfigError(HBPNError, ValueError):
@@ -31,8 +31,10 @@ def plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value) and all(
-            isinstance(v[0], int) for v in value
+        if (
+            value
+            and all(isinstance(v, (list, tuple)) and len(v) == 2 for v in value)
+            and all(isinstance(v[0], int) for v in value)
         ):
             return {int(a): int(b) for a, b in value}
         return [plain(v) for v in value]
@@ -169,8 +171,11 @@ def _build_items(cls: type, value: Any, key: str, base: Path | None) -> tuple[An
     for i, item in enumerate(value):
         built = build(cls, item, f"{key}[{i}].", None)
         if base is not None:  # paths inside list items resolve like the top-level ones
-            paths = {f.name: _resolve(getattr(built, f.name), base) for f in dataclasses.fields(built)
-                     if f"{key}.{f.name}" in PATH_KEYS and getattr(built, f.name) is not None}
+            paths = {
+                f.name: _resolve(getattr(built, f.name), base)
+                for f in dataclasses.fields(built)
+                if f"{key}.{f.name}" in PATH_KEYS and getattr(built, f.name) is not None
+            }
             built = dataclasses.replace(built, **paths)
         out.append(built)
     return tuple(out)

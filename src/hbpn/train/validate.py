@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import HBPNError, ImageReadError
-from ..imresize import imresize
-from ..inference import run_model
-from ..model import HBPN
-from .config import ValSection
-from .data import list_images, pair_by_stem, read_rgb
+from hbpn.errors import HBPNError, ImageReadError
+from hbpn.model import HBPN
+from hbpn.ops.resize import imresize
+from hbpn.pipeline.tiling import run_model
+from hbpn.train.config import ValSection
+from hbpn.train.data import list_images, pair_by_stem, read_rgb
 
-SSIM_WINDOW = 11  # hbpn.metrics.ssim needs at least this many pixels each way after the crop
+SSIM_WINDOW = 11  # hbpn.ops.metrics.ssim needs at least this many pixels each way after the crop
 
 
 @dataclass
@@ -113,7 +113,7 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def evaluate(model: HBPN, valset: ValSet, device: torch.device, tile: int) -> tuple[dict[str, float], np.ndarray]:
     """Mean PSNR and SSIM over the set, and the first restored image (for a preview)."""
-    from ..metrics import psnr, ssim  # written by another module; imported only when validating
+    from hbpn.ops.metrics import psnr, ssim  # written by another module; imported only when validating
 
     was_training = model.training
     model.eval()

@@ -1,7 +1,7 @@
 """Running a model on whole images: overlapping tiles, smooth blending, self-ensemble.
 
 Works on float tensors (B, 3, H, W) in [0, 1] already at output resolution;
-format handling and resizing live in :mod:`hbpn.upscale`.
+format handling and resizing live in :mod:`hbpn.pipeline.upscaling`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import HBPNConfig
-from .defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
-from .model import HBPN
+from hbpn.config import HBPNConfig
+from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
+from hbpn.model import HBPN
 
 __all__ = [
-    "DEFAULT_TILE", "DEFAULT_TILE_PAD", "PRECISIONS", "activation_bytes_per_pixel", "auto_tile", "autocast",
-    "compile_model", "free_memory", "is_compiled", "memory_needed", "run_model",
+    "DEFAULT_TILE",
+    "DEFAULT_TILE_PAD",
+    "PRECISIONS",
+    "activation_bytes_per_pixel",
+    "auto_tile",
+    "autocast",
+    "compile_model",
+    "free_memory",
+    "is_compiled",
+    "memory_needed",
+    "run_model",
 ]
 #: --precision names and their dtypes (fp32: no autocast).
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -48,6 +57,7 @@ def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], T
     out = []
     for flip in (False, True):
         for k in range(4):
+
             def fwd(t: Tensor, k: int = k, flip: bool = flip) -> Tensor:
                 t = torch.flip(t, (-1,)) if flip else t
                 return torch.rot90(t, k, (-2, -1))

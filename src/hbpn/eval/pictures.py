@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .evaluate import Sample, SetResult
-from .fileio import atomic_path
+from hbpn.eval.score import Sample, SetResult
+from hbpn.io.files import atomic_path
 
 CROP = 96  # pixels of HR shown per panel (or the whole image when smaller)
 PANEL = 192  # panel edge on the sheet

@@ -1,7 +1,7 @@
 """The work behind ``hbpn serve``, free of HTTP: limits, model slots, decoding, encoding.
 
 Everything here raises :class:`JobError` (an HTTP status, a message, optional
-headers) for anything a client did wrong; :mod:`hbpn.serve` turns it into a
+headers) for anything a client did wrong; :mod:`hbpn.serve.app` turns it into a
 JSON response. Nothing here needs FastAPI, so it is testable on its own.
 """
 
@@ -12,14 +12,15 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
-from .errors import HBPNError
-from .model import HBPN
+from hbpn.errors import HBPNError
+from hbpn.model import HBPN
 
 T = TypeVar("T")
 
@@ -122,7 +123,7 @@ def model_name(source: str | os.PathLike[str]) -> str:
 
 def load_models(sources: Iterable[str | os.PathLike[str]], device: str | None = None) -> dict[str, HBPN]:
     """Load each source (shipped name or .safetensors path) once; names must not clash."""
-    from .hub import load_model
+    from hbpn.weights.store import load_model
 
     models: dict[str, HBPN] = {}
     origin: dict[str, str] = {}
@@ -139,7 +140,7 @@ def load_models(sources: Iterable[str | os.PathLike[str]], device: str | None = 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     """Result (width, height), by the upscale module's rule (each side times ``scale``, half up)."""
-    from .upscale import target_size
+    from hbpn.pipeline.upscaling import target_size
 
     h, w = target_size(height, width, scale)
     return w, h
@@ -175,9 +176,7 @@ def decode_image(data: bytes, scale: float, limits: ServeLimits, filename: str =
     except Image.DecompressionBombError as exc:
         raise JobError(413, f"{filename}: refused as a decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise JobError(
-            400, f"{filename}: not an image this server can read ({', '.join(UPLOAD_FORMATS)})"
-        ) from None
+        raise JobError(400, f"{filename}: not an image this server can read ({', '.join(UPLOAD_FORMATS)})") from None
     except Exception as exc:  # Pillow's plugins raise many types on bad headers; all mean "unreadable"
         raise JobError(400, f"{filename}: cannot read the image ({type(exc).__name__}: {exc})") from None
     w, h = img.size  # the pixel count does not depend on the EXIF orientation
@@ -185,14 +184,16 @@ def decode_image(data: bytes, scale: float, limits: ServeLimits, filename: str =
         raise JobError(400, f"{filename}: the image has no pixels ({w}x{h})")
     if w * h > limits.max_pixels:
         raise JobError(
-            413, f"{filename}: the image is {w}x{h} ({_megapixels(w * h)}), over this server's limit of "
-            f"{_megapixels(limits.max_pixels)}"
+            413,
+            f"{filename}: the image is {w}x{h} ({_megapixels(w * h)}), over this server's limit of "
+            f"{_megapixels(limits.max_pixels)}",
         )
     ow, oh = output_size(w, h, scale)
     if ow * oh > limits.max_pixels:
         raise JobError(
-            413, f"{filename}: the result would be {ow}x{oh} ({_megapixels(ow * oh)}), over this server's limit of "
-            f"{_megapixels(limits.max_pixels)}; use a smaller scale or image"
+            413,
+            f"{filename}: the result would be {ow}x{oh} ({_megapixels(ow * oh)}), over this server's limit of "
+            f"{_megapixels(limits.max_pixels)}; use a smaller scale or image",
         )
     try:
         img.load()  # decode now: a truncated file fails here, not in the model

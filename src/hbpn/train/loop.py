@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import HBPNError
-from ..fileio import atomic_path
-from ..hub import read_weights
-from ..model import HBPN
-from . import checkpoint as ckpt
-from .config import TrainConfig
-from .data import PatchDataset, load_training_images, load_training_pairs, make_loader
-from .distributed import DistInfo, any_across, barrier, mean_across, setup, teardown
+from hbpn.errors import HBPNError
+from hbpn.io.files import atomic_path
+from hbpn.model import HBPN
+from hbpn.train import checkpoint as ckpt
+from hbpn.train.config import TrainConfig
+from hbpn.train.data import PatchDataset, load_training_images, load_training_pairs, make_loader
+from hbpn.train.distributed import DistInfo, any_across, barrier, mean_across, setup, teardown
+from hbpn.weights.store import read_weights
 
 
 class TrainingDiverged(HBPNError):
@@ -78,7 +78,11 @@ class Trainer:
     """Set up from a config and an output folder; :meth:`run` trains."""
 
     def __init__(
-        self, cfg: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False,
+        self,
+        cfg: TrainConfig,
+        out: str | os.PathLike[str],
+        *,
+        resume: bool = False,
         echo: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg, self.out, self.resume = cfg, Path(out), resume
@@ -109,8 +113,9 @@ class Trainer:
         elif self.out.exists():
             names = {p.name for p in self.out.iterdir()}
             if names and not names <= {ckpt.CONFIG, ckpt.LOG, "tb"}:
-                raise HBPNError(f"{self.out} is not empty: pass --resume to continue the run in it, "
-                                "or choose another --out")
+                raise HBPNError(
+                    f"{self.out} is not empty: pass --resume to continue the run in it, or choose another --out"
+                )
             # only the leftovers of a run that failed before its first checkpoint: start afresh
             (self.out / ckpt.LOG).unlink(missing_ok=True)
             if (self.out / "tb").is_dir():
@@ -138,7 +143,9 @@ class Trainer:
             net = self.ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids)
         self.net = torch.compile(net) if cfg.train.compile else net
         o = cfg.optim
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+        self.opt = torch.optim.Adam(
+            self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.train.amp == "fp16")
         images = load_training_images(cfg.data)
         pairs = load_training_pairs(cfg.data) if cfg.data.hr_dirs else None
@@ -150,7 +157,7 @@ class Trainer:
         self.dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed, pairs=pairs)
         self.valset = None
         if cfg.val.dir is not None and d.is_main:
-            from .validate import load_valset
+            from hbpn.train.validate import load_valset
 
             self.valset = load_valset(cfg.val)
             for msg in self.valset.skipped:
@@ -158,11 +165,18 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {
-            "step": self.step, "micro": self.micro, "samples": self.samples, "world": self.dist.world,  # type: ignore[union-attr]
-            "elapsed": self.elapsed(), "best_psnr": self.best,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": ckpt.rng_state(), "interval": [self.acc_loss.detach().cpu(), self.acc_n],
+            "step": self.step,
+            "micro": self.micro,
+            "samples": self.samples,
+            "world": self.dist.world,  # type: ignore[union-attr]
+            "elapsed": self.elapsed(),
+            "best_psnr": self.best,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "interval": [self.acc_loss.detach().cpu(), self.acc_n],
             "config": json.dumps(self.cfg.to_dict()),
         }
 
@@ -181,8 +195,10 @@ class Trainer:
         # the data position in samples: micro x batch x world only while batch and world are unchanged
         self.samples = int(st.get("samples", self.micro * self.cfg.train.batch * d.world))
         if int(st.get("world", d.world)) != d.world:
-            self.echo(f"resuming with {d.world} process(es) where the run had {st['world']}: "
-                      f"the data stream continues at sample {self.samples}")
+            self.echo(
+                f"resuming with {d.world} process(es) where the run had {st['world']}: "
+                f"the data stream continues at sample {self.samples}"
+            )
         self.prior_elapsed = float(st["elapsed"])
         self.acc_loss = st["interval"][0].to(self.dist.device)  # type: ignore[union-attr]
         self.acc_n = int(st["interval"][1])
@@ -204,8 +220,9 @@ class Trainer:
         if not best:  # every rank saves "last" together (best: rank 0 alone, after validation)
             finite = not any_across(d, d.is_main and not finite)
         if not finite:
-            raise TrainingDiverged(f"weights became NaN or infinite by step {self.step}; "
-                                   f"kept the last good checkpoint in {self.out}")
+            raise TrainingDiverged(
+                f"weights became NaN or infinite by step {self.step}; kept the last good checkpoint in {self.out}"
+            )
         if not d.is_main:
             return
         meta = {"step": str(self.step), "trained_by": "hbpn train", "train_config": json.dumps(self.cfg.to_dict())}
@@ -220,12 +237,22 @@ class Trainer:
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         d, t = self.dist, self.cfg.train
         assert d is not None
-        loader = make_loader(self.dataset, t.batch, t.seed, self.samples, d.rank, d.world, self.cfg.data.workers,
-                             pin=d.device.type == "cuda")
+        loader = make_loader(
+            self.dataset,
+            t.batch,
+            t.seed,
+            self.samples,
+            d.rank,
+            d.world,
+            self.cfg.data.workers,
+            pin=d.device.type == "cuda",
+        )
         fmt = torch.channels_last if t.channels_last else torch.contiguous_format
         for x, y in loader:
-            yield (x.to(d.device, non_blocking=True, memory_format=fmt),
-                   y.to(d.device, non_blocking=True, memory_format=fmt))
+            yield (
+                x.to(d.device, non_blocking=True, memory_format=fmt),
+                y.to(d.device, non_blocking=True, memory_format=fmt),
+            )
 
     def loss_fn(self, out: Tensor, stages: list[Tensor], y: Tensor) -> Tensor:
         red = self.cfg.loss.reduction
@@ -272,29 +299,38 @@ class Trainer:
 
     def validate(self) -> None:
         assert self.valset is not None
-        from .validate import evaluate
+        from hbpn.train.validate import evaluate
 
         model = self.ema if self.ema is not None else self.model
         try:
             metrics, preview = evaluate(model, self.valset, self.dist.device, self.cfg.val.tile)  # type: ignore[union-attr]
         except ModuleNotFoundError as exc:
-            if exc.name != "hbpn.metrics":
+            if exc.name != "hbpn.ops.metrics":
                 raise
-            self.echo("validation off: this install has no hbpn.metrics")
+            self.echo("validation off: this install has no hbpn.ops.metrics")
             self.valset = None
             return
         improved = self.best is None or metrics["psnr"] > self.best
         if improved:
             self.best = metrics["psnr"]
             self.save(best=True, metrics=metrics)
-        self.log({"step": self.step, "val_psnr": metrics["psnr"], "val_ssim": metrics["ssim"],
-                  "best": improved, "elapsed": round(self.elapsed(), 3)})
+        self.log(
+            {
+                "step": self.step,
+                "val_psnr": metrics["psnr"],
+                "val_ssim": metrics["ssim"],
+                "best": improved,
+                "elapsed": round(self.elapsed(), 3),
+            }
+        )
         if self.tb is not None:
             self.tb.add_scalar("val/psnr", metrics["psnr"], self.step)
             self.tb.add_scalar("val/ssim", metrics["ssim"], self.step)
             self.tb.add_image("val/sample", preview, self.step, dataformats="HWC")
-        self.echo(f"step {self.step}: val PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}"
-                  + (" (best)" if improved else ""))
+        self.echo(
+            f"step {self.step}: val PSNR {metrics['psnr']:.3f} dB, SSIM {metrics['ssim']:.4f}"
+            + (" (best)" if improved else "")
+        )
 
     def _open_tensorboard(self) -> None:
         if not (self.cfg.train.tensorboard and self.dist.is_main):  # type: ignore[union-attr]
@@ -345,8 +381,15 @@ class Trainer:
         assert d is not None
         budget = t.max_minutes * 60 if t.max_minutes else None
         run_t0 = time.monotonic()
-        bar = tqdm(total=t.steps, initial=self.step, disable=not (d.is_main and t.progress), file=sys.stderr,
-                   desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=t.steps,
+            initial=self.step,
+            disable=not (d.is_main and t.progress),
+            file=sys.stderr,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
         it = self.batches()
         reason, last, saved = "done", None, -1
         try:
@@ -391,8 +434,10 @@ class Trainer:
         assert d is not None
         loss = float(mean_across(d, self.acc_loss / max(1, self.acc_n)).item())
         if not math.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss} by step {self.step}: stopped; "
-                                   f"the last good checkpoint in {self.out} is kept (try a lower optim.lr)")
+            raise TrainingDiverged(
+                f"loss became {loss} by step {self.step}: stopped; "
+                f"the last good checkpoint in {self.out} is kept (try a lower optim.lr)"
+            )
         lr = self.opt.param_groups[0]["lr"]
         self.log({"step": self.step, "loss": loss, "lr": lr, "elapsed": round(self.elapsed(), 3)})
         if self.tb is not None:

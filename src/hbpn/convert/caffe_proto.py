@@ -24,15 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CaffeFormatError
+from hbpn.errors import CaffeFormatError
 
 # wire types
 VARINT, FIXED64, BYTES, GROUP_START, GROUP_END, FIXED32 = 0, 1, 2, 3, 4, 5
 
 #: V1LayerParameter.LayerType values of the layer kinds a weights reader cares
 #: about; V1 has no PReLU or Scale, so those layers come out with type "".
-V1_TYPES: dict[int, str] = {3: "Concat", 4: "Convolution", 14: "InnerProduct", 20: "Softmax", 25: "Eltwise",
-                            33: "Slice", 39: "Deconvolution"}
+V1_TYPES: dict[int, str] = {
+    3: "Concat",
+    4: "Convolution",
+    14: "InnerProduct",
+    20: "Softmax",
+    25: "Eltwise",
+    33: "Slice",
+    39: "Deconvolution",
+}
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 

@@ -2,7 +2,7 @@
 
 The network is blind and works at the output resolution, so an image is first
 brought to the target size with MATLAB-style bicubic (:func:`hbpn.imresize`)
-and then restored by the model, tile by tile (:func:`hbpn.inference.run_model`).
+and then restored by the model, tile by tile (:func:`hbpn.pipeline.tiling.run_model`).
 
 Target size: ``(floor(h * scale + 0.5), floor(w * scale + 0.5))``, i.e. each
 side times the scale rounded half up (at least 1 pixel).
@@ -12,7 +12,7 @@ and turned back to gray by the mean of the three channels. An alpha channel
 never goes through the model: it is resized with the same bicubic, clipped to
 [0, 1] and re-attached.
 
->>> from hbpn.upscale import upscale, upscale_with_maps
+>>> from hbpn.pipeline.upscaling import upscale, upscale_with_maps
 >>> big = upscale(Image.open("photo.png"), scale=4, model="weights.safetensors")
 """
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-import types
 from collections.abc import Callable
 from numbers import Real
 from typing import Any, TypeVar
@@ -31,9 +29,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .imageio import Picture, from_pil, to_pil
-from .inference import DEFAULT_TILE, DEFAULT_TILE_PAD, auto_tile, run_model
-from .model import HBPN
+from hbpn.io.images import Picture, from_pil, to_pil
+from hbpn.model import HBPN
+from hbpn.pipeline.tiling import DEFAULT_TILE, DEFAULT_TILE_PAD, auto_tile, run_model
 
 ImageT = TypeVar("ImageT", Image.Image, np.ndarray, Tensor)
 ModelSource = HBPN | str | os.PathLike[str] | None
@@ -62,7 +60,7 @@ def resolve_model(model: ModelSource, device: str | torch.device | None = None) 
     A given HBPN is never moved or changed: asking for another device than the
     one it is on is an error.
     """
-    from .hub import load_model, resolve_device
+    from hbpn.weights.store import load_model, resolve_device
 
     if isinstance(model, HBPN):
         on = next(model.parameters()).device
@@ -92,7 +90,7 @@ def _restore(
     batch: int = 1,
 ) -> tuple[Tensor, Tensor | None]:
     """(N, C, h, w) float in [0, 1], C in 1..4 -> (N, C, H, W) at the target size, and the maps."""
-    from .imresize import imresize
+    from hbpn.ops.resize import imresize
 
     n, c, h, w = x.shape
     if c not in (1, 2, 3, 4):
@@ -145,15 +143,23 @@ def upscale_picture(
     maps: bool = False,
     batch: int = 1,
 ) -> tuple[Picture, np.ndarray | None]:
-    """Upscale a decoded :class:`~hbpn.imageio.Picture` (what :func:`hbpn.imageio.read_image`
+    """Upscale a decoded :class:`~hbpn.io.images.Picture` (what :func:`hbpn.io.images.read_image`
     returns); the result keeps its bit depth and ICC profile. Maps: ``H x W x S`` float or None."""
     scale = check_scale(scale)
     net = resolve_model(model, device)
     x = torch.from_numpy(np.ascontiguousarray(picture.pixels.transpose(2, 0, 1)))[None]
     with torch.no_grad():
         out, weight_maps = _restore(
-            x, scale, net, tile=tile, tile_pad=tile_pad, ensemble=ensemble,
-            precision=precision, progress=progress, maps=maps, batch=batch,
+            x,
+            scale,
+            net,
+            tile=tile,
+            tile_pad=tile_pad,
+            ensemble=ensemble,
+            precision=precision,
+            progress=progress,
+            maps=maps,
+            batch=batch,
         )
     pixels = out[0].permute(1, 2, 0).cpu().numpy()
     result = Picture(pixels, picture.bits, picture.icc_profile, picture.format)
@@ -209,8 +215,19 @@ def upscale_with_maps(
     map per stage, summing to 1 at each pixel) on the CPU, or ``(N, S, H, W)``
     for a batched tensor input.
     """
-    return _upscale(image, scale, model, tile=tile, tile_pad=tile_pad, ensemble=ensemble, device=device,
-                    precision=precision, progress=progress, maps=True, batch=batch)  # type: ignore[return-value]
+    return _upscale(
+        image,
+        scale,
+        model,
+        tile=tile,
+        tile_pad=tile_pad,
+        ensemble=ensemble,
+        device=device,
+        precision=precision,
+        progress=progress,
+        maps=True,
+        batch=batch,
+    )  # type: ignore[return-value]
 
 
 def upscale(
@@ -255,8 +272,19 @@ def upscale(
         dtype and layout (float output is clipped to [0, 1]), or a float tensor
         of the same layout, dtype and device.
     """
-    return _upscale(image, scale, model, tile=tile, tile_pad=tile_pad, ensemble=ensemble, device=device,
-                    precision=precision, progress=progress, maps=False, batch=batch)[0]
+    return _upscale(
+        image,
+        scale,
+        model,
+        tile=tile,
+        tile_pad=tile_pad,
+        ensemble=ensemble,
+        device=device,
+        precision=precision,
+        progress=progress,
+        maps=False,
+        batch=batch,
+    )[0]
 
 
 def _upscale(image: Any, scale: float, model: ModelSource, *, maps: bool, **kw: Any) -> tuple[Any, Tensor | None]:
@@ -272,27 +300,18 @@ def _upscale(image: Any, scale: float, model: ModelSource, *, maps: bool, **kw: 
         return back(picture.pixels), weight
     if isinstance(image, Tensor):
         if image.dim() not in (3, 4) or not image.is_floating_point():
-            raise ValueError(f"tensor images must be float C x H x W or N x C x H x W, got {image.dtype} "
-                             f"{tuple(image.shape)}")
+            raise ValueError(
+                f"tensor images must be float C x H x W or N x C x H x W, got {image.dtype} {tuple(image.shape)}"
+            )
         batched = image.dim() == 4
         device, precision, progress = kw.pop("device"), kw.pop("precision"), kw.pop("progress")
         net = resolve_model(model, device)
         with torch.no_grad():
-            out, weight = _restore(image if batched else image[None], scale, net, maps=maps,
-                                   precision=precision, progress=progress, **kw)
+            out, weight = _restore(
+                image if batched else image[None], scale, net, maps=maps, precision=precision, progress=progress, **kw
+            )
         out = out.to(device=image.device, dtype=image.dtype)
         if weight is not None:
             weight = weight.cpu() if batched else weight[0].cpu()
         return (out if batched else out[0]), weight
     raise TypeError(f"upscale takes a PIL image, a numpy array or a torch tensor, not {type(image).__name__}")
-
-
-class _CallableModule(types.ModuleType):
-    # `hbpn.upscale` is both this module and (lazily, from hbpn/__init__) the
-    # function; which one a user gets depends on import order. Making the
-    # module callable keeps `hbpn.upscale(img)` working either way.
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return upscale(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -1,7 +1,7 @@
 """Evaluation data sets: folders of images in the three layouts ``hbpn eval`` reads.
 
 * ``hr``: a folder of HR images. Each is cropped to a multiple of the scale
-  ("modcrop") and its LR made with MATLAB-exact bicubic (:mod:`hbpn.imresize`),
+  ("modcrop") and its LR made with MATLAB-exact bicubic (:mod:`hbpn.ops.resize`),
   as the benchmark LR images were.
 * ``selfexsr``: the SelfExSR layout (Huang et al., used for Set5/Set14/B100...):
   ``image_SRF_<s>/<name>_SRF_<s>_HR.png`` beside ``..._LR.png``. A scale with
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HBPNError, ImageReadError
-from .imageio import IMAGE_SUFFIXES, read_image
-from .imresize import imresize
+from hbpn.errors import HBPNError, ImageReadError
+from hbpn.io.images import IMAGE_SUFFIXES, read_image
+from hbpn.ops.resize import imresize
 
 _SRF_DIR = re.compile(r"image_SRF_(\d+)$")
 _SRF_NAME = re.compile(r"^(.*?)(?:_SRF_\d+)?_HR$")
@@ -139,7 +139,10 @@ def open_dataset(name: str, root: str | Path, scale: int, limit: int | None = No
         scale = 1
         hr_files = {p.name: p for p in _images(root / "HR")}
         lr_files = {p.name: p for p in _images(root / "LR")}
-        for missing, where in ((sorted(set(hr_files) - set(lr_files)), "LR"), (sorted(set(lr_files) - set(hr_files)), "HR")):
+        for missing, where in (
+            (sorted(set(hr_files) - set(lr_files)), "LR"),
+            (sorted(set(lr_files) - set(hr_files)), "HR"),
+        ):
             skipped += [f"{n}: no file of that name in {root / where}" for n in missing]
         items = [
             Item(Path(n).stem, lambda n=n: _from_files(hr_files[n], lr_files[n], Path(n).stem, 1))

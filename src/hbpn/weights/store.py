@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .config import PRESETS, HBPNConfig
-from .errors import WeightsError
-from .fileio import atomic_path
-from .model import HBPN
+from hbpn.config import PRESETS, HBPNConfig
+from hbpn.errors import WeightsError
+from hbpn.io.files import atomic_path
+from hbpn.model import HBPN
 
 FORMAT = "hbpn"
 #: Shipped weight sets and what they are for.
@@ -132,9 +132,7 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
     return cfg
 
 
-def model_from_weights(
-    tensors: Mapping[str, Tensor], metadata: Mapping[str, str], source: str = "weights"
-) -> HBPN:
+def model_from_weights(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], source: str = "weights") -> HBPN:
     """Build an HBPN and load ``tensors`` into it; mismatches are named."""
     if "config" in metadata:
         try:
@@ -187,10 +185,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise WeightsError(f"device {str(device)!r} is not available ({why})")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise WeightsError(f"device {str(device)!r} is not available (this machine has {count} GPU(s): "
-                               f"cuda:0 to cuda:{count - 1})")
-    elif dev.type == "mps" and (getattr(torch.backends, "mps", None) is None
-                                or not torch.backends.mps.is_available()):
+            raise WeightsError(
+                f"device {str(device)!r} is not available (this machine has {count} GPU(s): cuda:0 to cuda:{count - 1})"
+            )
+    elif dev.type == "mps" and (getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available()):
         raise WeightsError(f"device {str(device)!r} is not available (no Apple MPS on this machine)")
     return dev
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import get_preset
-from .errors import HBPNError
-from .model import HBPN, count_parameters, macs_per_megapixel
+from hbpn.config import get_preset
+from hbpn.errors import HBPNError
+from hbpn.model import HBPN, count_parameters, macs_per_megapixel
 
 
 def describe(source: str | None = None, preset: str | None = None) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def describe(source: str | None = None, preset: str | None = None) -> dict[str, 
             raise HBPNError(str(exc)) from None
         model, name, meta = HBPN(cfg), f"preset {preset}", {}
     else:
-        from .hub import load_model
+        from hbpn.weights.store import load_model
 
         model = load_model(source, device="cpu")
         name, meta = source or "default", dict(getattr(model, "metadata", {}))

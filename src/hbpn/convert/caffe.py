@@ -5,7 +5,7 @@ This module maps every parametric layer of that graph, by its Caffe layer name,
 onto an :class:`hbpn.model.HBPN` with the ``paper`` config and writes a
 safetensors file :func:`hbpn.load_model` reads. The mapping is generated from
 the config (:func:`layer_mapping`); the binary format is read by
-:mod:`hbpn.caffe_proto`, so neither Caffe nor protobuf is needed.
+:mod:`hbpn.convert.caffe_proto`, so neither Caffe nor protobuf is needed.
 
 Layouts carry over unchanged: Convolution weights are ``(out, in, k, k)`` like
 ``nn.Conv2d``, Deconvolution weights ``(in, out, k, k)`` like
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .caffe_proto import CaffeLayer, CaffeNet, read_caffemodel
-from .config import PRESETS, HBPNConfig
-from .errors import CaffeFormatError, HBPNError
-from .model import _YCC_BIAS, HBPN, count_parameters
+from hbpn.config import PRESETS, HBPNConfig
+from hbpn.convert.caffe_proto import CaffeLayer, CaffeNet, read_caffemodel
+from hbpn.errors import CaffeFormatError, HBPNError
+from hbpn.model import _YCC_BIAS, HBPN, count_parameters
 
 __all__ = [
     "COLOR_LAYERS",
@@ -40,9 +40,7 @@ __all__ = [
 ]
 
 #: Scale layers of the RGB -> YCbCr conversion: name -> (scale, bias) they must hold.
-COLOR_LAYERS: dict[str, tuple[float, float]] = {
-    name: (1.0, bias) for name, bias in zip(("Y", "Cb", "Cr"), _YCC_BIAS)
-}
+COLOR_LAYERS: dict[str, tuple[float, float]] = {name: (1.0, bias) for name, bias in zip(("Y", "Cb", "Cr"), _YCC_BIAS)}
 #: Layers a snapshot of HBPN_train_val.prototxt holds beyond the deploy graph:
 #: the loss's frozen all-ones InnerProduct. Skipped without complaint.
 TRAINING_ONLY: dict[str, str] = {"MSE_loss": "InnerProduct"}
@@ -122,8 +120,10 @@ def layer_mapping(cfg: HBPNConfig | None = None) -> list[LayerMapping]:
         for n in range(1, 7):
             unit = f"{p}.hourglass.down.{n - 1}" if n <= 3 else f"{p}.hourglass.up.{n - 4}"
             out += _unit(k, n, unit)
-        out += [LayerMapping(f"global_output_SR_s{k}_bp{level}", conv, f"{p}.hourglass.skips.{level - 1}")
-                for level in (1, 2)]
+        out += [
+            LayerMapping(f"global_output_SR_s{k}_bp{level}", conv, f"{p}.hourglass.skips.{level - 1}")
+            for level in (1, 2)
+        ]
         out += [
             LayerMapping(f"conv1_SR_s{k}_all", conv, f"{p}.fuse.conv"),
             LayerMapping(f"relu_conv1_SR_s{k}_all", prelu, f"{p}.fuse.act"),
@@ -180,7 +180,8 @@ def model_from_caffe(net: CaffeNet, cfg: HBPNConfig | None = None, source: str =
     known = {m.caffe_name for m in mapping} | set(COLOR_LAYERS)
     missing = [name for name in [m.caffe_name for m in mapping] + list(COLOR_LAYERS) if name not in by_name]
     unexpected = [
-        layer.name for layer in net.layers
+        layer.name
+        for layer in net.layers
         if layer.blobs and layer.name not in known and TRAINING_ONLY.get(layer.name) != layer.type
     ]
     wrong: list[str] = [f"{name} appears twice" for name in duplicates]
@@ -268,8 +269,8 @@ def convert_caffemodel(
         CaffeFormatError: ``src`` is not a Caffe model of the HBPN deploy graph.
         HBPNError: ``dst`` exists (without ``overwrite``) or its folder does not.
     """
-    from . import __version__
-    from .hub import save_weights
+    from hbpn import __version__
+    from hbpn.weights.store import save_weights
 
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
@@ -287,5 +288,11 @@ def convert_caffemodel(
     skipped = tuple(layer.name for layer in net.layers if layer.blobs and layer.name in TRAINING_ONLY)
     bias = tuple(float(v) for v in model.ycc_bias.tolist())
     return ConversionResult(
-        dst, len(layer_mapping(model.cfg)), count_parameters(model), net.name, net.v1, skipped, bias  # type: ignore[arg-type]
+        dst,
+        len(layer_mapping(model.cfg)),
+        count_parameters(model),
+        net.name,
+        net.v1,
+        skipped,
+        bias,  # type: ignore[arg-type]
     )

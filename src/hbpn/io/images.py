@@ -35,20 +35,40 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .defaults import DEFAULT_QUALITY
-from .errors import ImageReadError
-from .fileio import atomic_path
+from hbpn.defaults import DEFAULT_QUALITY
+from hbpn.errors import ImageReadError
+from hbpn.io.files import atomic_path
 
 #: Suffixes taken as images when a folder or glob is expanded.
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".gif",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".jp2", ".j2k", ".ico", ".dib", ".pcx", ".sgi"}
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".webp",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".tga",
+        ".jp2",
+        ".j2k",
+        ".ico",
+        ".dib",
+        ".pcx",
+        ".sgi",
+    }
 )
 #: Pillow formats we decode: those IMAGE_SUFFIXES name (JPEG includes the
 #: cameras' multi-picture MPO files). Others are refused before any plugin looks
 #: at the file: some hand the data to outside programs (EPS runs Ghostscript).
-READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA", "JPEG2000", "ICO",
-                "PCX", "SGI")
+READ_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "PPM", "TGA", "JPEG2000", "ICO", "PCX", "SGI")
 #: Output extensions we write, and Pillow's format name for each.
 WRITE_FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 _SUFFIX_EXT = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".jpe": "jpg", ".jfif": "jpg", ".webp": "webp"}

@@ -1,6 +1,6 @@
-"""Writing an :class:`~hbpn.evaluate.EvalReport`: Markdown, CSV, JSON and the summary table.
+"""Writing an :class:`~hbpn.eval.score.EvalReport`: Markdown, CSV, JSON and the summary table.
 
-Every file is written atomically; pictures are drawn by :mod:`hbpn.pictures`.
+Every file is written atomically; pictures are drawn by :mod:`hbpn.eval.pictures`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import HBPNError
-from .evaluate import EvalReport, Score, SetResult, iter_means
-from .fileio import atomic_path
+from hbpn.errors import HBPNError
+from hbpn.eval.score import EvalReport, Score, SetResult, iter_means
+from hbpn.io.files import atomic_path
 
 #: What write_report puts in the folder: name -> whether it is a folder.
 _OUTPUTS = {"report.md": False, "report.csv": False, "report.json": False, "pictures": True}
@@ -116,8 +116,21 @@ def to_markdown(report: EvalReport, pictures: dict[str, list[str]] | None = None
 
 
 CSV_COLUMNS = [
-    "dataset", "scale", "layout", "view", "crop", "image", "width", "height",
-    "bicubic_psnr", "bicubic_ssim", "model_psnr", "model_ssim", "seconds", "paper_hbpn_psnr", "paper_hbpn_ssim",
+    "dataset",
+    "scale",
+    "layout",
+    "view",
+    "crop",
+    "image",
+    "width",
+    "height",
+    "bicubic_psnr",
+    "bicubic_ssim",
+    "model_psnr",
+    "model_ssim",
+    "seconds",
+    "paper_hbpn_psnr",
+    "paper_hbpn_ssim",
 ]
 
 
@@ -131,20 +144,45 @@ def csv_rows(report: EvalReport) -> list[dict[str, object]]:
     for s in report.sets:
         for v in s.views:
             paper = s.paper.get("HBPN") if v == "Y" else None
-            base = {"dataset": s.dataset, "scale": s.scale, "layout": s.layout, "view": v, "crop": s.crop,
-                    "paper_hbpn_psnr": paper[0] if paper else "", "paper_hbpn_ssim": paper[1] if paper else ""}
+            base = {
+                "dataset": s.dataset,
+                "scale": s.scale,
+                "layout": s.layout,
+                "view": v,
+                "crop": s.crop,
+                "paper_hbpn_psnr": paper[0] if paper else "",
+                "paper_hbpn_ssim": paper[1] if paper else "",
+            }
             for r in s.images:
                 m = r.model[v] if r.model else None
-                rows.append({**base, "image": r.name, "width": r.width, "height": r.height,
-                             "bicubic_psnr": num(r.bicubic[v].psnr), "bicubic_ssim": num(r.bicubic[v].ssim),
-                             "model_psnr": num(m.psnr if m else None), "model_ssim": num(m.ssim if m else None),
-                             "seconds": round(r.seconds, 4)})
+                rows.append(
+                    {
+                        **base,
+                        "image": r.name,
+                        "width": r.width,
+                        "height": r.height,
+                        "bicubic_psnr": num(r.bicubic[v].psnr),
+                        "bicubic_ssim": num(r.bicubic[v].ssim),
+                        "model_psnr": num(m.psnr if m else None),
+                        "model_ssim": num(m.ssim if m else None),
+                        "seconds": round(r.seconds, 4),
+                    }
+                )
             bic, mod = s.mean("bicubic", v), s.mean("model", v)
             secs = [r.seconds for r in s.images]
-            rows.append({**base, "image": "MEAN", "width": "", "height": "",
-                         "bicubic_psnr": num(bic.psnr if bic else None), "bicubic_ssim": num(bic.ssim if bic else None),
-                         "model_psnr": num(mod.psnr if mod else None), "model_ssim": num(mod.ssim if mod else None),
-                         "seconds": round(sum(secs) / len(secs), 4) if secs else ""})
+            rows.append(
+                {
+                    **base,
+                    "image": "MEAN",
+                    "width": "",
+                    "height": "",
+                    "bicubic_psnr": num(bic.psnr if bic else None),
+                    "bicubic_ssim": num(bic.ssim if bic else None),
+                    "model_psnr": num(mod.psnr if mod else None),
+                    "model_ssim": num(mod.ssim if mod else None),
+                    "seconds": round(sum(secs) / len(secs), 4) if secs else "",
+                }
+            )
     return rows
 
 
@@ -207,7 +245,7 @@ def _write_report(report: EvalReport, out: Path, pictures: bool) -> list[Path]:
     written: list[Path] = []
     pics: dict[str, list[str]] = {}
     if pictures:
-        from .pictures import write_pictures
+        from hbpn.eval.pictures import write_pictures
 
         stems: set[str] = set()
         for s in report.sets:

@@ -5,11 +5,11 @@ is the bicubic baseline (uint8, as MATLAB saves it) and, as float in [0, 1],
 the model's input (HBPN is blind: it never sees the scale). The model's output
 is quantised to uint8 before scoring, because published figures are computed
 on saved images. Benchmark sets are scored on Y with ``scale`` pixels cropped
-(:mod:`hbpn.metrics`); real same-size pairs on RGB without a crop, as the NTIRE
+(:mod:`hbpn.ops.metrics`); real same-size pairs on RGB without a crop, as the NTIRE
 2019 Real SR challenge did, and on Y as well.
 
-Writers (Markdown, CSV, JSON) are in :mod:`hbpn.report`, pictures in
-:mod:`hbpn.pictures`.
+Writers (Markdown, CSV, JSON) are in :mod:`hbpn.eval.report`, pictures in
+:mod:`hbpn.eval.pictures`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from .datasets import DataSet, PairError, open_dataset
-from .errors import HBPNError
-from .imresize import imresize
-from .metrics import psnr, ssim
-from .model import HBPN
+from hbpn.errors import HBPNError
+from hbpn.eval.datasets import DataSet, PairError, open_dataset
+from hbpn.model import HBPN
+from hbpn.ops.metrics import psnr, ssim
+from hbpn.ops.resize import imresize
 
 T = TypeVar("T")
 #: Wraps an iterable for progress display: ``progress(iterable, description, total)``.
@@ -143,18 +143,34 @@ class EvalReport:
 
         sets = []
         for s in self.sets:
-            means = {m: scores({v: sc for v in s.views if (sc := s.mean(m, v)) is not None}) for m in ("bicubic", "model")}
-            sets.append({
-                "dataset": s.dataset, "root": s.root, "layout": s.layout, "scale": s.scale, "crop": s.crop,
-                "views": list(s.views), "notes": s.notes, "skipped": s.skipped,
-                "mean": {m: v for m, v in means.items() if v},
-                "paper": {k: {"psnr": p, "ssim": q} for k, (p, q) in s.paper.items()},
-                "images": [
-                    {"name": r.name, "width": r.width, "height": r.height, "seconds": round(r.seconds, 4),
-                     "bicubic": scores(r.bicubic), **({"model": scores(r.model)} if r.model is not None else {})}
-                    for r in s.images
-                ],
-            })
+            means = {
+                m: scores({v: sc for v in s.views if (sc := s.mean(m, v)) is not None}) for m in ("bicubic", "model")
+            }
+            sets.append(
+                {
+                    "dataset": s.dataset,
+                    "root": s.root,
+                    "layout": s.layout,
+                    "scale": s.scale,
+                    "crop": s.crop,
+                    "views": list(s.views),
+                    "notes": s.notes,
+                    "skipped": s.skipped,
+                    "mean": {m: v for m, v in means.items() if v},
+                    "paper": {k: {"psnr": p, "ssim": q} for k, (p, q) in s.paper.items()},
+                    "images": [
+                        {
+                            "name": r.name,
+                            "width": r.width,
+                            "height": r.height,
+                            "seconds": round(r.seconds, 4),
+                            "bicubic": scores(r.bicubic),
+                            **({"model": scores(r.model)} if r.model is not None else {}),
+                        }
+                        for r in s.images
+                    ],
+                }
+            )
         return {"model": self.model, "ensemble": self.ensemble, "sets": sets}
 
 
@@ -174,7 +190,7 @@ def run_on_image(
     model: HBPN, lr: np.ndarray, size: tuple[int, int], *, tile: int | None, ensemble: bool, maps: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The model's uint8 ``H x W x 3`` restoration of ``lr`` at ``size``, and its WR maps if asked."""
-    from .inference import run_model
+    from hbpn.pipeline.tiling import run_model
 
     lr_f = lr.astype(np.float32) / 255.0
     up = np.clip(imresize(lr_f, size=size), 0.0, 1.0)
@@ -198,8 +214,9 @@ def _evaluate_set(
 ) -> SetResult:
     views = ("RGB", "Y") if ds.layout == "paired" else ("Y",)
     crop_px = (0 if ds.layout == "paired" else ds.scale) if crop is None else crop
-    res = SetResult(ds.name, str(ds.root), ds.layout, ds.scale, crop_px, views, notes=list(ds.notes),
-                    skipped=list(ds.skipped))
+    res = SetResult(
+        ds.name, str(ds.root), ds.layout, ds.scale, crop_px, views, notes=list(ds.notes), skipped=list(ds.skipped)
+    )
     desc = f"{ds.name} x{ds.scale}"
     for item in progress(ds.items, desc, len(ds.items)):
         try:
@@ -218,8 +235,9 @@ def _evaluate_set(
         out = wr = None
         if model is not None:
             t0 = time.perf_counter()
-            out, wr = run_on_image(model, pair.lr, pair.hr.shape[:2], tile=tile, ensemble=ensemble,
-                                   maps=len(res.samples) < samples)
+            out, wr = run_on_image(
+                model, pair.lr, pair.hr.shape[:2], tile=tile, ensemble=ensemble, maps=len(res.samples) < samples
+            )
             seconds = time.perf_counter() - t0
             result.model = _score(out, pair.hr, views, crop_px)
         result.seconds = seconds
@@ -245,7 +263,7 @@ def evaluate(
     """Score ``model`` (None: bicubic only) on every data set at every scale.
 
     Args:
-        datasets: name -> folder (any layout of :mod:`hbpn.datasets`). All are
+        datasets: name -> folder (any layout of :mod:`hbpn.eval.datasets`). All are
             opened before any work, so a missing or empty folder fails at once
             (:class:`HBPNError`). Paired real-photo sets run once, at scale 1.
         scales: integer scale factors (2, 3, 4, 8...).
@@ -273,8 +291,10 @@ def evaluate(
     if model is not None:
         model.eval()
     wrap = progress or _no_progress
-    sets = [_evaluate_set(ds, model, crop=crop, tile=tile, ensemble=ensemble, samples=samples, progress=wrap)
-            for ds in opened]
+    sets = [
+        _evaluate_set(ds, model, crop=crop, tile=tile, ensemble=ensemble, samples=samples, progress=wrap)
+        for ds in opened
+    ]
     return EvalReport(model_name, ensemble, sets)
 
 

@@ -1,8 +1,8 @@
-"""``hbpn serve``: a local web page and HTTP API over :func:`hbpn.upscale.upscale`.
+"""``hbpn serve``: a local web page and HTTP API over :func:`hbpn.pipeline.upscaling.upscale`.
 
 :func:`create_app` builds the FastAPI app; the CLI runs it with uvicorn.
 
-* ``GET /``: the page (plain HTML/JS/CSS shipped in ``hbpn/static``, no CDN).
+* ``GET /``: the page (plain HTML/JS/CSS shipped in ``hbpn/serve/static``, no CDN).
 * ``POST /api/upscale``: multipart ``image`` (file), ``scale`` (1-8), ``model``
   (name), ``ensemble`` (bool); answers with the image.
 * ``GET /api/health``: status, models, version, queue and limits as JSON.
@@ -36,10 +36,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .errors import HBPNError
-from .model import HBPN
-from .serve_jobs import (
+from hbpn import __version__
+from hbpn.errors import HBPNError
+from hbpn.model import HBPN
+from hbpn.serve.jobs import (
     MAX_SCALE,
     MIN_SCALE,
     JobError,
@@ -50,7 +50,7 @@ from .serve_jobs import (
     upright_size,
 )
 
-log = logging.getLogger("hbpn.serve")
+log = logging.getLogger("hbpn.serve.app")
 
 #: Room for the multipart framing and the small fields around the file.
 _FORM_OVERHEAD = 64 * 1024
@@ -159,7 +159,7 @@ def _host_patterns(hosts: Iterable[str]) -> list[str]:
 
 
 def _static(name: str) -> bytes:
-    return (resources.files("hbpn") / "static" / name).read_bytes()
+    return (resources.files("hbpn.serve") / "static" / name).read_bytes()
 
 
 def _safe_stem(filename: str | None) -> str:
@@ -185,7 +185,7 @@ def create_app(
 ) -> FastAPI:
     """The service for ``models`` (name -> loaded HBPN; the first is the default).
 
-    ``tile`` and ``precision`` are passed to :func:`hbpn.upscale.upscale`
+    ``tile`` and ``precision`` are passed to :func:`hbpn.pipeline.upscaling.upscale`
     (``tile=None``: its default). ``allowed_hosts`` are the names the service
     answers to in the Host header (any port); others get 400, so a web page
     cannot reach it under its own domain by DNS rebinding. ``["*"]`` allows any
@@ -314,7 +314,7 @@ def _job(
     slot: ModelSlot, data: bytes, scale: float, limits: ServeLimits, filename: str, kwargs: dict[str, Any]
 ) -> tuple[bytes, str, str, tuple[int, int], tuple[int, int]]:
     """Decode, upscale (holding the model), encode: runs in a worker thread."""
-    from .upscale import upscale
+    from hbpn.pipeline.upscaling import upscale
 
     img = decode_image(data, scale, limits, filename)
     source_format, in_size = img.format, upright_size(img)

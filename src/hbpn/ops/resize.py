@@ -35,8 +35,6 @@ backend, numpy for arrays, torch (any device, batched) for tensors.
 from __future__ import annotations
 
 import math
-import sys
-import types
 from collections.abc import Sequence
 from functools import lru_cache
 from numbers import Real
@@ -137,11 +135,13 @@ def _resize_dim(x: ArrayT, axis: int, out_len: int, scale: float, int_max: int |
     concatenation and ``floor`` are looked up per backend.
     """
     if isinstance(x, np.ndarray):
+
         def as_mat(m: np.ndarray) -> np.ndarray:
             return m.astype(x.dtype, copy=False)
 
         moveaxis, cat, floor = np.moveaxis, np.concatenate, np.floor
     else:
+
         def as_mat(m: np.ndarray) -> Tensor:
             return torch.from_numpy(m).to(device=x.device, dtype=x.dtype)
 
@@ -156,9 +156,9 @@ def _resize_dim(x: ArrayT, axis: int, out_len: int, scale: float, int_max: int |
     return moveaxis(out.reshape((out_len, *rest)), 0, axis)
 
 
-def _parse(in_hw: tuple[int, int], scale: Scale | None, size: Sequence[int] | None) -> tuple[
-    tuple[float, float], tuple[int, int]
-]:
+def _parse(
+    in_hw: tuple[int, int], scale: Scale | None, size: Sequence[int] | None
+) -> tuple[tuple[float, float], tuple[int, int]]:
     if (scale is None) == (size is None):
         raise ValueError("imresize: give exactly one of scale= and size=")
     if size is not None:
@@ -251,20 +251,3 @@ def imresize(
     if isinstance(x, np.ndarray):
         return np.ascontiguousarray(x.astype(img.dtype, copy=False))  # type: ignore[return-value]
     return x.to(img.dtype)  # type: ignore[return-value]
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``hbpn.imresize(img, ...)`` work even after ``import hbpn.imresize``.
-
-    The package exports the function lazily as ``hbpn.imresize``, but importing
-    this submodule makes Python bind the *module* to that name on the package;
-    calling the module therefore calls the function.
-    """
-
-    def __call__(
-        self, img: ArrayT, scale: Scale | None = None, size: Sequence[int] | None = None, *, boundary: str = "symmetric"
-    ) -> ArrayT:
-        return imresize(img, scale=scale, size=size, boundary=boundary)
-
-
-sys.modules[__name__].__class__ = _CallableModule

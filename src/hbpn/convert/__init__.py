@@ -1,0 +1,1 @@
+"""hbpn.convert."""

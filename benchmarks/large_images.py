@@ -33,8 +33,8 @@ import torch
 from _bench import CLOCKS, add_clock_options, apply_clock_options, best_of, machine, matmul_gflops, print_machine
 from tiling import coverage
 
+from hbpn.device import compile_model
 from hbpn.model import HBPN, HBPNOutput, macs_per_megapixel
-from hbpn.pipeline.tiling import compile_model
 from hbpn.pipeline.upscaling import upscale
 from hbpn.weights.store import load_model
 

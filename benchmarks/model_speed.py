@@ -88,7 +88,7 @@ def main() -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile each model first (hbpn.pipeline.tiling.compile_model; the warm-up builds it)",
+        help="torch.compile each model first (hbpn.device.compile_model; the warm-up builds it)",
     )
     add_clock_options(p)
     args = p.parse_args()
@@ -101,7 +101,7 @@ def main() -> None:
 
         models.append((args.model, load_model(args.model, device="cpu")))
     if args.compile:
-        from hbpn.pipeline.tiling import compile_model
+        from hbpn.device import compile_model
 
         for _, model in models:
             compile_model(model)

@@ -11,7 +11,7 @@ torch and loading the model, before any image is touched.
     python benchmarks/upscale_memory.py --activations tiny:256,tiny:512,small:512
 
 ``--activations`` instead checks the per-pixel estimate ``--tile auto`` uses
-(:func:`hbpn.pipeline.tiling.activation_bytes_per_pixel`, traced on the meta device)
+(:func:`hbpn.pipeline.memory.activation_bytes_per_pixel`, traced on the meta device)
 against the real peak of one forward pass on an N x N input.
 
 Goal: at most 2 GiB at 8.3 MP (3840 x 2160) with the default tile.
@@ -87,7 +87,7 @@ def activation_child(preset: str, edge: int) -> None:
 
     from hbpn.config import get_preset
     from hbpn.model import HBPN
-    from hbpn.pipeline.tiling import activation_bytes_per_pixel
+    from hbpn.pipeline.memory import activation_bytes_per_pixel
 
     model = HBPN(get_preset(preset)).eval()
     x = torch.rand(1, 3, edge, edge)

@@ -69,10 +69,10 @@ def test_help_has_example(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_threads_and_compile_options(tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hbpn.pipeline.tiling
+    import hbpn.device
 
     compiled = []
-    monkeypatch.setattr(hbpn.pipeline.tiling, "compile_model", compiled.append)  # the real one: test_upscale.py
+    monkeypatch.setattr(hbpn.device, "compile_model", compiled.append)  # the real one: test_upscale.py
     before = torch.get_num_threads()
     Image.fromarray(rgb()).save(tmp_path / "a.png")
     try:
@@ -346,12 +346,12 @@ def test_max_pixels_zero_means_no_limit(tmp_path: Path, weights: Path) -> None:
 def test_too_big_for_memory_fails_that_input(
     tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import hbpn.pipeline.tiling
+    import hbpn.pipeline.memory
 
     Image.fromarray(rgb(8, 8)).save(tmp_path / "small.png")
     Image.fromarray(rgb(40, 50)).save(tmp_path / "big.png")
     # 16x16 output: well under 1 MB; 500x400 at -s 10: 200,000 px x 60 B alone = 12 MB
-    monkeypatch.setattr(hbpn.pipeline.tiling, "free_memory", lambda device: 8_000_000)
+    monkeypatch.setattr(hbpn.pipeline.memory, "free_memory", lambda device: 8_000_000)
     code = up(
         weights, "-i", str(tmp_path / "small.png"), str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "-s", "10"
     )

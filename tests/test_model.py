@@ -282,7 +282,7 @@ def test_save_load_round_trip(tmp_path: Path, dtype: torch.dtype | None) -> None
 
 
 def test_unavailable_devices_are_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from hbpn.weights.store import resolve_device
+    from hbpn.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(WeightsError, match=r"device 'cuda' is not available \("):

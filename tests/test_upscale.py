@@ -9,10 +9,12 @@ from PIL import Image
 from torch import nn
 
 from hbpn.config import get_preset
+from hbpn.device import compile_model
 from hbpn.errors import WeightsError
 from hbpn.model import HBPN
 from hbpn.ops.resize import imresize
-from hbpn.pipeline.tiling import activation_bytes_per_pixel, auto_tile, compile_model, run_model
+from hbpn.pipeline.memory import activation_bytes_per_pixel, auto_tile
+from hbpn.pipeline.tiling import run_model
 from hbpn.pipeline.upscaling import check_scale, target_size, upscale, upscale_with_maps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -277,7 +279,7 @@ def test_compiled_model_gets_full_batches(model: HBPN) -> None:
     # making the graph rebuild for a smaller one. Stand in for the graph with a recorder.
     import copy
 
-    from hbpn.pipeline.tiling import is_compiled
+    from hbpn.device import is_compiled
 
     net = copy.deepcopy(model)
     sizes: list[int] = []
@@ -301,7 +303,7 @@ def test_compiled_model_gets_full_batches(model: HBPN) -> None:
 
 @pytest.mark.slow  # the first meta-device trace in a process takes a few seconds
 def test_memory_counts_the_batch(model: HBPN) -> None:
-    from hbpn.pipeline.tiling import memory_needed
+    from hbpn.pipeline.memory import memory_needed
 
     one = memory_needed(model, (2000, 2000), tile=512)
     four = memory_needed(model, (2000, 2000), tile=512, batch=4)

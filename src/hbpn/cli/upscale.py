@@ -215,10 +215,11 @@ def _gib(n: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from hbpn.device import compile_model
     from hbpn.errors import HBPNError
     from hbpn.io.files import atomic_path
     from hbpn.io.images import expand_inputs, read_image, save_image, to_pil
-    from hbpn.pipeline.tiling import compile_model, free_memory, memory_needed
+    from hbpn.pipeline.memory import free_memory, memory_needed
     from hbpn.pipeline.upscaling import target_size, upscale_picture
     from hbpn.weights.store import load_model
 

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from hbpn.device import model_device
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import DataSet, PairError, open_dataset
 from hbpn.model import HBPN
@@ -182,10 +183,6 @@ def _score(sr: np.ndarray, hr: np.ndarray, views: Sequence[str], crop: int) -> d
     return {v: Score(psnr(sr, hr, crop, v == "Y"), ssim(sr, hr, crop, v == "Y")) for v in views}
 
 
-def _model_device(model: HBPN) -> torch.device:
-    return next(model.parameters()).device
-
-
 def run_on_image(
     model: HBPN, lr: np.ndarray, size: tuple[int, int], *, tile: int | None, ensemble: bool, maps: bool
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -196,7 +193,7 @@ def run_on_image(
     up = np.clip(imresize(lr_f, size=size), 0.0, 1.0)
     if up.ndim == 2:
         up = np.repeat(up[:, :, None], 3, axis=2)  # the network wants RGB; gray stays gray
-    x = torch.from_numpy(np.ascontiguousarray(up.transpose(2, 0, 1)))[None].to(_model_device(model))
+    x = torch.from_numpy(np.ascontiguousarray(up.transpose(2, 0, 1)))[None].to(model_device(model))
     out, wr = run_model(model, x, tile=tile, ensemble=ensemble, maps=maps)
     img = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return img, (wr[0].cpu().numpy() if wr is not None else None)

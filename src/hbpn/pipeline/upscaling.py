@@ -29,9 +29,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from hbpn.device import model_device
 from hbpn.io.images import Picture, from_pil, to_pil
 from hbpn.model import HBPN
-from hbpn.pipeline.tiling import DEFAULT_TILE, DEFAULT_TILE_PAD, auto_tile, run_model
+from hbpn.pipeline.memory import auto_tile
+from hbpn.pipeline.tiling import DEFAULT_TILE, DEFAULT_TILE_PAD, run_model
 
 ImageT = TypeVar("ImageT", Image.Image, np.ndarray, Tensor)
 ModelSource = HBPN | str | os.PathLike[str] | None
@@ -60,7 +62,8 @@ def resolve_model(model: ModelSource, device: str | torch.device | None = None) 
     A given HBPN is never moved or changed: asking for another device than the
     one it is on is an error.
     """
-    from hbpn.weights.store import load_model, resolve_device
+    from hbpn.device import resolve_device
+    from hbpn.weights.store import load_model
 
     if isinstance(model, HBPN):
         on = next(model.parameters()).device
@@ -70,10 +73,6 @@ def resolve_model(model: ModelSource, device: str | torch.device | None = None) 
             raise ValueError(f"the model is on {on} but device {str(device)!r} was asked; move it with model.to()")
         return model
     return load_model(model, device=device)
-
-
-def _model_device(model: HBPN) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _restore(
@@ -96,7 +95,7 @@ def _restore(
     if c not in (1, 2, 3, 4):
         raise ValueError(f"images must have 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) channels, got {c}")
     size = target_size(h, w, scale)
-    device = _model_device(model)
+    device = model_device(model)
     x = x.to(device=device, dtype=torch.float32)
     color_ch = 3 if c >= 3 else 1
     color, alpha = x[:, :color_ch], (x[:, color_ch:] if c in (2, 4) else None)

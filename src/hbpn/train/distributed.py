@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hbpn.weights.store import resolve_device
+from hbpn.device import resolve_device
 
 
 @dataclass(frozen=True)

@@ -162,37 +162,6 @@ def model_from_weights(tensors: Mapping[str, Tensor], metadata: Mapping[str, str
     return model
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"``: CUDA if present, else MPS, else CPU.
-
-    A named device must exist here: ``"cuda"`` without a GPU (or ``"cuda:3"``
-    with fewer GPUs) is a :class:`WeightsError` saying so, not an assertion deep
-    inside torch when the first tensor is moved.
-    """
-    if device is None or device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise WeightsError(f"unknown device {device!r} ({exc})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-            raise WeightsError(f"device {str(device)!r} is not available ({why})")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise WeightsError(
-                f"device {str(device)!r} is not available (this machine has {count} GPU(s): cuda:0 to cuda:{count - 1})"
-            )
-    elif dev.type == "mps" and (getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available()):
-        raise WeightsError(f"device {str(device)!r} is not available (no Apple MPS on this machine)")
-    return dev
-
-
 def load_model(source: str | os.PathLike[str] | None = None, device: str | torch.device | None = None) -> HBPN:
     """Load an HBPN in eval mode.
 
@@ -202,6 +171,8 @@ def load_model(source: str | os.PathLike[str] | None = None, device: str | torch
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks
             the best available.
     """
+    from hbpn.device import resolve_device
+
     dev = resolve_device(device)  # a device that is not there fails before any reading
     name = "default" if source is None else source
     path = Path(name)

@@ -1,0 +1,144 @@
+"""Memory: how much an upscale needs, how much is free, and the tile that fits."""
+
+from __future__ import annotations
+
+import functools
+import math
+import weakref
+
+import torch
+from torch import Tensor
+
+from hbpn.config import HBPNConfig
+from hbpn.defaults import DEFAULT_TILE
+from hbpn.device import PRECISIONS
+from hbpn.model import HBPN
+
+#: Real peak memory over the traced live-tensor peak (allocator slack, conv
+#: workspaces): measured 1.6-2.0x with ru_maxrss on CPU (docs/UPSCALE.md).
+MEMORY_SLACK = 2.0
+#: Share of the free memory ``--tile auto`` lets one tile use.
+MEMORY_SHARE = 0.5
+#: Bytes per output pixel of the whole-image buffers of one upscale (RGB, fp32):
+#: the resized input, the blended output and its weights, the clipped result and
+#: the 8-bit copies made for saving; about 60 (see docs/UPSCALE.md).
+IMAGE_BYTES_PER_PIXEL = 60
+#: Extra bytes per output pixel with the weighting maps: 4 per stage for the
+#: blended maps, about 40 for their RGB picture and its 8-bit copies.
+MAP_BYTES_PER_PIXEL = 40
+MAP_BYTES_PER_STAGE = 4
+
+
+@functools.lru_cache(maxsize=32)
+def activation_bytes_per_pixel(cfg: HBPNConfig, precision: str | None = None) -> float:
+    """Peak bytes of live tensors per output pixel of one forward pass (no grad).
+
+    Measured by running the network on the ``meta`` device (shapes only, no
+    memory, no arithmetic) and tracking every tensor the ops create and free,
+    so it follows the config's widths, stages and unshuffle exactly.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class _Peak(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live = self.peak = 0
+
+        def _free(self, n: int) -> None:
+            self.live -= n
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, Tensor) and not t._is_view():
+                    n = t.numel() * t.element_size()
+                    self.live += n
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, n)
+            return out
+
+    size = 8 * cfg.multiple
+    dtype = PRECISIONS.get(precision or "fp32", torch.float32)
+    model = HBPN(cfg).to(device="meta", dtype=dtype).eval()
+    with torch.no_grad(), _Peak() as probe:
+        model(torch.zeros(1, 3, size, size, device="meta", dtype=dtype))
+    return probe.peak / (size * size)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free for tensors on ``device``: CUDA's own count, MPS's recommended
+    limit less what it holds, or the host's available memory (psutil when
+    installed, else /proc/meminfo); None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def auto_tile(
+    model: HBPN,
+    device: torch.device,
+    image_hw: tuple[int, int],
+    *,
+    precision: str | None = None,
+    free_bytes: int | None = None,
+    batch: int = 1,
+) -> int:
+    """The tile edge for ``--tile auto``: as large as fits in a share of free memory.
+
+    ``batch`` tiles are in memory at once. Returns 0 (no tiling) when the whole
+    ``image_hw`` fits. ``free_bytes`` overrides the measured free memory (for
+    tests). Unknown free memory falls back to :data:`DEFAULT_TILE`.
+    """
+    free = free_memory(device) if free_bytes is None else free_bytes
+    if free is None:
+        return DEFAULT_TILE
+    per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
+    edge = int(math.sqrt(max(free, 0) * MEMORY_SHARE / per_px / batch))
+    if image_hw[0] * image_hw[1] <= edge * edge:
+        return 0
+    m = model.cfg.multiple
+    return max(64, edge // m * m)
+
+
+def memory_needed(
+    model: HBPN,
+    image_hw: tuple[int, int],
+    *,
+    tile: int | str | None = DEFAULT_TILE,
+    precision: str | None = None,
+    maps: bool = False,
+    batch: int = 1,
+) -> int:
+    """Estimated peak bytes to upscale to an ``image_hw`` output with ``model``.
+
+    The whole-image buffers (:data:`IMAGE_BYTES_PER_PIXEL`, plus the maps) and
+    the activations of ``batch`` tiles (``"auto"``: the tile :func:`auto_tile` picks).
+    Compare it with :func:`free_memory` before starting, so that an image that
+    cannot fit fails at once instead of the process being killed part way.
+    """
+    h, w = image_hw
+    per_pixel = IMAGE_BYTES_PER_PIXEL + (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_STAGE * model.cfg.stages if maps else 0)
+    full = h * w * per_pixel
+    if tile == "auto":
+        tile = auto_tile(model, next(model.parameters()).device, image_hw, precision=precision, batch=batch)
+    edge = int(tile or max(h, w))  # type: ignore[arg-type]
+    m = model.cfg.multiple
+    th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
+    per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
+    return int(full + per_px * th * tw * batch)

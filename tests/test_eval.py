@@ -16,7 +16,7 @@ from hbpn.config import get_preset
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import modcrop, open_dataset
 from hbpn.eval.pictures import heat, worst_crop
-from hbpn.eval.score import evaluate, paper_figures, run_on_image
+from hbpn.eval.score import RunOptions, evaluate, paper_figures, run_on_image
 from hbpn.model import HBPN
 from hbpn.ops.metrics import psnr, ssim
 from hbpn.ops.resize import imresize
@@ -120,13 +120,20 @@ def test_model_scores_and_runtime(hr_dir: Path, tiny_weights: Path) -> None:
     assert r.model["Y"].psnr == pytest.approx(psnr(sample.model, sample.hr, crop=2))
 
 
-def test_run_on_image_takes_gray_and_tiles(tiny_weights: Path) -> None:
+def test_run_on_image_is_the_upscale_front_end(tiny_weights: Path) -> None:
+    # eval scores exactly what `hbpn.upscale` returns: gray stays gray, tiles and options pass through
+    from hbpn import upscale
+
     model = load_model(tiny_weights, device="cpu")
     lr = _smooth(20, 24, 7, gray=True)
-    whole, maps = run_on_image(model, lr, (40, 48), tile=0, ensemble=False, maps=False)
-    assert whole.shape == (40, 48, 3) and whole.dtype == np.uint8 and maps is None
-    tiled, _ = run_on_image(model, lr, (40, 48), tile=40, ensemble=False, maps=False)
-    assert np.abs(tiled.astype(int) - whole).max() <= 3
+    whole, maps = run_on_image(model, lr, 2, RunOptions(tile=0))
+    assert whole.shape == (40, 48) and whole.dtype == np.uint8 and maps is None
+    assert np.array_equal(whole, upscale(lr, 2, model, tile=0))
+    tiled, _ = run_on_image(model, lr, 2, RunOptions(tile=40, tile_pad=4))
+    assert np.array_equal(tiled, upscale(lr, 2, model, tile=40, tile_pad=4))
+    rgb = _smooth(20, 24, 7)
+    out, wr = run_on_image(model, rgb, 2, RunOptions(), maps=True)
+    assert out.shape == (40, 48, 3) and wr is not None and wr.shape[1:] == (40, 48)
 
 
 def test_cli_writes_reports_and_pictures(

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hbpn.cli._args import tile, whole_number
 
@@ -168,48 +169,12 @@ def _device(requested: str, world: int) -> str:
     return requested
 
 
-def _maps_image(maps):  # type: ignore[no-untyped-def]
-    """H x W x S maps -> an RGB picture: stage k in channel k, missing channels 0."""
-    import numpy as np
-
-    rgb = np.zeros((*maps.shape[:2], 3), dtype=np.float32)
-    rgb[:, :, : min(3, maps.shape[2])] = maps[:, :, :3]
-    return rgb
-
-
-def _plan(files: list[Path], outdir: Path, suffix: str, ext: str, maps: bool) -> list[tuple[Path, Path, str | None]]:
-    """(input, output, problem or None) for every input, over the whole list so all ranks agree."""
-    from hbpn.io.images import output_extension
-
-    inputs = {src.resolve(): src for src in files}
-    owner: dict[Path, Path] = {}
-    plan: list[tuple[Path, Path, str | None]] = []
-    for src in files:
-        out = outdir / f"{src.stem}{suffix}.{output_extension(src, ext)}"
-        problem = None
-        for target in (out, _maps_path(out)) if maps else (out,):
-            victim = inputs.get(target.resolve())
-            clash = owner.setdefault(target, src)
-            if victim is not None:
-                problem = (
-                    f"output would replace the input {victim}"
-                    if victim.resolve() != src.resolve()
-                    else "output would replace the input"
-                )
-            elif clash is not src:
-                problem = f"same output name {target} as {clash}"
-            if problem:
-                break
-        plan.append((src, out, problem))
-    return plan
-
-
-def _maps_path(out: Path) -> Path:
-    return out.with_name(f"{out.stem}_maps.png")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+#: what to tell a user whose file hit a limit a flag controls (hbpn.pipeline.batch.Event.reason)
+_HINTS = {
+    "exists": " (use --overwrite to replace it)",
+    "memory": " (use a smaller scale or --tile)",
+    "output_limit": " (--max-output-pixels)",
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -217,146 +182,72 @@ def run(args: argparse.Namespace) -> int:
 
     from hbpn.device import compile_model
     from hbpn.errors import HBPNError
-    from hbpn.io.files import atomic_path
-    from hbpn.io.images import expand_inputs, read_image, save_image, to_pil
-    from hbpn.pipeline.memory import free_memory, memory_needed
-    from hbpn.pipeline.upscaling import target_size, upscale_picture
-    from hbpn.weights.store import load_model
+    from hbpn.io.images import expand_inputs
+    from hbpn.pipeline.batch import BatchOptions, Event, folder_problem, output_suffix, plan_outputs, upscale_files
+    from hbpn.weights import load_model
+
+    start = time.monotonic()
+    rank, world = _rank()
+    tag = f" [rank {rank}/{world}]" if world > 1 else ""
 
     def say(kind: str, text: str) -> None:
         tqdm.write(f"hbpn upscale{tag}: {kind}: {text}", file=sys.stderr)
 
-    start = time.monotonic()
+    def on_event(ev: Event) -> None:
+        if ev.kind != "done":
+            say(ev.kind, ev.text + _HINTS.get(ev.reason or "", ""))
+
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    rank, world = _rank()
-    tag = f" [rank {rank}/{world}]" if world > 1 else ""
     files, unmatched = expand_inputs(args.input)
     for pattern in unmatched:
         if rank == 0:
             say("error", f"{pattern}: no such file, or no images match")
     if not files:
         raise HBPNError("nothing to do: no input images found")
-    suffix = f"_x{args.scale:g}" if args.suffix is None else args.suffix
     outdir = Path(args.output)
-    plan = _plan(files, outdir, suffix, args.ext, args.save_maps)[rank::world]
-
-    folder_error = None
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        if not os.access(outdir, os.W_OK):
-            folder_error = "the output folder is not writable"
-    except OSError as exc:
-        folder_error = f"cannot create the output folder ({exc.strerror or exc})"
-
+    plan = plan_outputs(files, outdir, output_suffix(args.scale, args.suffix), args.ext, args.save_maps)[rank::world]
+    problem = folder_problem(outdir)
     model = load_model(args.model, device=_device(args.device, world)) if plan else None
     if model is not None and args.compile:
         compile_model(model)
-    device = next(model.parameters()).device if model is not None else None
-    done = skipped = 0
-    failed = len(unmatched) if rank == 0 else 0
+    opts = BatchOptions(
+        scale=args.scale, tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble, precision=args.precision,
+        batch=args.batch, quality=args.quality, overwrite=args.overwrite, save_maps=args.save_maps,
+        max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels,
+    )  # fmt: skip
     bar = tqdm(plan, desc=f"upscale{tag}", unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
-    for src, out, problem in bar:
-        maps_out = _maps_path(out)
-        present = [p for p in ((out, maps_out) if args.save_maps else (out,)) if p.exists()]
-        if problem is None and present and not args.overwrite:
-            say("skipped", f"{src}: {present[0]} exists (use --overwrite to replace it)")
-            skipped += 1
-            continue
-        if problem is None and folder_error:
-            problem = f"cannot write {out}: {folder_error}"
-        if problem is not None:
-            say("error", f"{src}: {problem}")
-            failed += 1
-            continue
-        tiles: list = []
-        try:
-            picture = read_image(src, max_pixels=args.max_pixels)
-            for note in picture.notes:
-                say("warning", f"{src}: {note}")
-            size = target_size(*picture.pixels.shape[:2], args.scale)
-            if args.max_output_pixels and size[0] * size[1] > args.max_output_pixels:
-                raise HBPNError(
-                    f"{src}: the {size[1]}x{size[0]} output has more pixels than "
-                    f"--max-output-pixels {args.max_output_pixels}"
-                )
-            need = memory_needed(
-                model, size, tile=args.tile, precision=args.precision, maps=args.save_maps, batch=args.batch
-            )
-            free = free_memory(device)
-            if free is not None and need > free:
-                raise HBPNError(
-                    f"{src}: the {size[1]}x{size[0]} output needs about {_gib(need)} of memory, "
-                    f"{_gib(free)} is free on {device} (use a smaller scale or --tile)"
-                )
-            result, maps = upscale_picture(
-                picture,
-                args.scale,
-                model,
-                tile=args.tile,
-                tile_pad=args.tile_pad,
-                ensemble=args.ensemble,
-                precision=args.precision,
-                progress=_tile_bar(tiles, src.name),
-                maps=args.save_maps,
-                batch=args.batch,
-            )
-            # Both files go to temporaries first and are renamed at the end (maps, then the
-            # image), so a failure leaves every file that was already there as it was.
-            target = out
-            try:
-                with atomic_path(out) as tmp_out:
-                    notes = save_image(
-                        to_pil(result.pixels, result.bits, result.icc_profile), tmp_out, quality=args.quality
-                    )
-                    if maps is not None:
-                        target = maps_out
-                        with atomic_path(maps_out) as tmp_maps:
-                            save_image(to_pil(_maps_image(maps)), tmp_maps)
-                        target = out
-            except OSError as exc:
-                raise HBPNError(f"cannot write {target} ({exc.strerror or exc})") from None
-            for note in notes:
-                say("warning", f"{src}: {note}")
-            done += 1
-        except HBPNError as exc:
-            text = str(exc)
-            say("error", text if text.startswith(str(src)) else f"{src}: {text}")
-            failed += 1
-        except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory: next image
-            say("error", f"{src}: {type(exc).__name__}: {exc}")
-            failed += 1
-        finally:
-            for t in tiles:
-                t.close()
+    res = upscale_files(bar, model, opts, on_event=on_event, outdir_problem=problem, progress_for=_tile_bar)
     bar.close()
+    failed = res.failed + (len(unmatched) if rank == 0 else 0)
     elapsed = time.monotonic() - start
-    print(f"hbpn upscale{tag}: {done} done, {skipped} skipped, {failed} failed in {elapsed:.1f} s", file=sys.stderr)
+    print(
+        f"hbpn upscale{tag}: {res.done} done, {res.skipped} skipped, {failed} failed in {elapsed:.1f} s",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
-def _tile_bar(holder: list, name: str) -> Callable[[int, int], None]:
-    """A progress callback that opens a nested bar once an image takes more than 4 tile passes."""
+def _tile_bar(job: Any) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A tile-pass callback that opens a nested bar once an image takes more than 4 passes, and its closer."""
     from tqdm import tqdm
+
+    holder: list[Any] = []
 
     def progress(done: int, total: int) -> None:
         if total <= 4:
             return
         if not holder:
             holder.append(
-                tqdm(
-                    total=total,
-                    desc=name,
-                    unit="pass",
-                    leave=False,
-                    position=1,
-                    file=sys.stderr,
-                    disable=None,
-                    dynamic_ncols=True,
-                )
-            )
+                tqdm(total=total, desc=job.src.name, unit="pass", leave=False, position=1, file=sys.stderr,
+                     disable=None, dynamic_ncols=True)
+            )  # fmt: skip
         holder[0].update(done - holder[0].n)
 
-    return progress
+    def finish() -> None:
+        for bar in holder:
+            bar.close()
+
+    return progress, finish

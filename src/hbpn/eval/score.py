@@ -1,10 +1,11 @@
 """Scoring a model (or plain bicubic) on evaluation sets: ``hbpn eval`` without the printing.
 
 For every image: the LR is brought to HR size with MATLAB-exact bicubic; that
-is the bicubic baseline (uint8, as MATLAB saves it) and, as float in [0, 1],
-the model's input (HBPN is blind: it never sees the scale). The model's output
-is quantised to uint8 before scoring, because published figures are computed
-on saved images. Benchmark sets are scored on Y with ``scale`` pixels cropped
+is the bicubic baseline (uint8, as MATLAB saves it). The model's image is what
+:func:`hbpn.upscale` returns for the uint8 LR (the one front-end: the same
+bicubic, then the network; HBPN is blind, it never sees the scale), uint8 as a
+saved file, because published figures are computed on saved images. Benchmark
+sets are scored on Y with ``scale`` pixels cropped
 (:mod:`hbpn.ops.metrics`); real same-size pairs on RGB without a crop, as the NTIRE
 2019 Real SR challenge did, and on Y as well.
 
@@ -22,14 +23,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
-from hbpn.device import model_device
+from hbpn.defaults import DEFAULT_TILE_PAD
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import DataSet, PairError, open_dataset
 from hbpn.model import HBPN
 from hbpn.ops.metrics import psnr, ssim
 from hbpn.ops.resize import imresize
+from hbpn.pipeline.upscaling import Tile, upscale, upscale_with_maps
 
 T = TypeVar("T")
 #: Wraps an iterable for progress display: ``progress(iterable, description, total)``.
@@ -183,31 +184,32 @@ def _score(sr: np.ndarray, hr: np.ndarray, views: Sequence[str], crop: int) -> d
     return {v: Score(psnr(sr, hr, crop, v == "Y"), ssim(sr, hr, crop, v == "Y")) for v in views}
 
 
-def run_on_image(
-    model: HBPN, lr: np.ndarray, size: tuple[int, int], *, tile: int | None, ensemble: bool, maps: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The model's uint8 ``H x W x 3`` restoration of ``lr`` at ``size``, and its WR maps if asked."""
-    from hbpn.pipeline.tiling import run_model
+@dataclass(frozen=True)
+class RunOptions:
+    """How the model runs on each image: what ``hbpn upscale`` takes, so a report is what a user gets."""
 
-    lr_f = lr.astype(np.float32) / 255.0
-    up = np.clip(imresize(lr_f, size=size), 0.0, 1.0)
-    if up.ndim == 2:
-        up = np.repeat(up[:, :, None], 3, axis=2)  # the network wants RGB; gray stays gray
-    x = torch.from_numpy(np.ascontiguousarray(up.transpose(2, 0, 1)))[None].to(model_device(model))
-    out, wr = run_model(model, x, tile=tile, ensemble=ensemble, maps=maps)
-    img = (out[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return img, (wr[0].cpu().numpy() if wr is not None else None)
+    tile: Tile = 0
+    tile_pad: int = DEFAULT_TILE_PAD
+    ensemble: bool = False
+    precision: str | None = None
+    batch: int = 1
+
+
+def run_on_image(
+    model: HBPN, lr: np.ndarray, scale: int, opts: RunOptions, *, maps: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``hbpn.upscale`` of the uint8 ``lr`` by ``scale`` (the one front-end), and its WR maps if asked."""
+    kw = dict(
+        tile=opts.tile, tile_pad=opts.tile_pad, ensemble=opts.ensemble, precision=opts.precision, batch=opts.batch
+    )
+    if maps:
+        out, wr = upscale_with_maps(lr, scale, model, **kw)  # type: ignore[arg-type]
+        return out, wr.numpy()
+    return upscale(lr, scale, model, **kw), None  # type: ignore[arg-type]
 
 
 def _evaluate_set(
-    ds: DataSet,
-    model: HBPN | None,
-    *,
-    crop: int | None,
-    tile: int | None,
-    ensemble: bool,
-    samples: int,
-    progress: Progress,
+    ds: DataSet, model: HBPN | None, *, crop: int | None, opts: RunOptions, samples: int, progress: Progress
 ) -> SetResult:
     views = ("RGB", "Y") if ds.layout == "paired" else ("Y",)
     crop_px = (0 if ds.layout == "paired" else ds.scale) if crop is None else crop
@@ -232,9 +234,7 @@ def _evaluate_set(
         out = wr = None
         if model is not None:
             t0 = time.perf_counter()
-            out, wr = run_on_image(
-                model, pair.lr, pair.hr.shape[:2], tile=tile, ensemble=ensemble, maps=len(res.samples) < samples
-            )
+            out, wr = run_on_image(model, pair.lr, pair.scale, opts, maps=len(res.samples) < samples)
             seconds = time.perf_counter() - t0
             result.model = _score(out, pair.hr, views, crop_px)
         result.seconds = seconds
@@ -251,11 +251,14 @@ def evaluate(
     *,
     model_name: str = "bicubic",
     ensemble: bool = False,
-    tile: int | None = 0,
+    tile: Tile = 0,
     crop: int | None = None,
     limit: int | None = None,
     samples: int = 3,
     progress: Progress | None = None,
+    tile_pad: int = DEFAULT_TILE_PAD,
+    precision: str | None = None,
+    batch: int = 1,
 ) -> EvalReport:
     """Score ``model`` (None: bicubic only) on every data set at every scale.
 
@@ -265,6 +268,8 @@ def evaluate(
             (:class:`HBPNError`). Paired real-photo sets run once, at scale 1.
         scales: integer scale factors (2, 3, 4, 8...).
         crop: border pixels ignored when scoring; None: the scale (0 for pairs).
+        tile, tile_pad, ensemble, precision, batch: how the model runs, as for
+            :func:`hbpn.upscale` (the model's images are what it returns).
         limit: score only the first ``limit`` images of each set.
         samples: how many images per set to keep (as :class:`Sample`) for pictures.
         progress: wraps each set's image loop, e.g. a tqdm factory.
@@ -288,10 +293,8 @@ def evaluate(
     if model is not None:
         model.eval()
     wrap = progress or _no_progress
-    sets = [
-        _evaluate_set(ds, model, crop=crop, tile=tile, ensemble=ensemble, samples=samples, progress=wrap)
-        for ds in opened
-    ]
+    opts = RunOptions(tile=tile, tile_pad=tile_pad, ensemble=ensemble, precision=precision, batch=batch)
+    sets = [_evaluate_set(ds, model, crop=crop, opts=opts, samples=samples, progress=wrap) for ds in opened]
     return EvalReport(model_name, ensemble, sets)
 
 

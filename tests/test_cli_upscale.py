@@ -361,7 +361,8 @@ def test_too_big_for_memory_fails_that_input(
     line = [ln for ln in err.splitlines() if "big.png" in ln]
     assert len(line) == 1 and "the 500x400 output needs about" in line[0] and "GiB of memory" in line[0], err
     code = up(weights, "-i", str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "--max-output-pixels", "7999")
-    assert code == 1 and "the 100x80 output has more pixels than the limit of 7999 (--max-output-pixels)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 1 and "the 100x80 output has more pixels than the limit of 7999 (--max-output-pixels)" in err
 
 
 def test_help_does_not_import_torch() -> None:

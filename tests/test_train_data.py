@@ -132,3 +132,18 @@ def test_real_world_extras(tmp_path: Path) -> None:
     for out in (plain, messy, aniso):
         assert out.shape == (3, 64, 64) and 0 <= float(out.min()) and float(out.max()) <= 1
     assert not torch.equal(plain, messy) and not torch.equal(plain, aniso)
+
+
+def test_training_reads_photos_upright_like_eval(tmp_path: Path) -> None:
+    # one reader for training and eval: the EXIF orientation is applied (it was not, before)
+    from hbpn.eval.datasets import read_rgb
+
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(folder / "photo.jpg", exif=exif)
+    images = load_training_images(config_from_dict({"data": {"hr_dirs": [str(folder)], "patch": 16}}).data)
+    hr, _ = images.get(0)
+    assert hr.shape == (60, 40, 3) and np.array_equal(hr, read_rgb(folder / "photo.jpg"))

@@ -94,8 +94,8 @@ class HBPNConfig:
         return cls.from_dict(json.loads(text))
 
 
-#: Presets as data. Parameter counts and MACs per output megapixel are in
-#: docs/PRESETS.md (printed by ``hbpn info --preset NAME``).
+#: Presets as data. Parameter counts and MACs per output megapixel are what
+#: ``hbpn info --preset NAME`` prints (measured from the built model, not stored here).
 PRESETS: dict[str, HBPNConfig] = {
     # The original Caffe graph (HBPN_Deploy.prototxt), nothing added.
     "paper": HBPNConfig(),

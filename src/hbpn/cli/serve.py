@@ -8,6 +8,7 @@ import socket
 import sys
 
 from hbpn.cli._args import tile, whole_number
+from hbpn.defaults import DEFAULT_TILE
 
 DEFAULT_PORT = 8000
 
@@ -67,8 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tile",
         type=tile,
-        default=None,
-        help="tile edge in output pixels, 0 for whole images, or 'auto' to fit free memory (default: 256)",
+        default=DEFAULT_TILE,
+        help=f"tile edge in output pixels, 0 for whole images, or 'auto' to fit free memory (default: {DEFAULT_TILE})",
     )
     p.add_argument(
         "--precision", choices=["fp32", "fp16", "bf16"], default=None, help="arithmetic on the device (default: fp32)"

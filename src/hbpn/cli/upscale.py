@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-m",
         "--model",
         default=None,
-        help="weights: a .safetensors file or a shipped name (default: the shipped 'default')",
+        help="weights: a .safetensors file or a shipped name: 'default' (the default) for ordinary images, JPEGs "
+        "and noisy photos; 'real' for same-size phone photos (-s 1)",
     )
     p.add_argument(
         "-t",

@@ -17,21 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from hbpn.errors import HBPNError, ImageReadError
+from hbpn.eval.datasets import list_images, pair_by_stem, read_rgb
 from hbpn.train.config import DataSection, DegradeSection
 from hbpn.train.degrade import degrade, draw_scale, region_size
-
-IMAGE_EXTS = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name; a clear error when there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise HBPNError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-    if not files:
-        raise HBPNError(f"{folder}: no images (looked for {', '.join(sorted(IMAGE_EXTS))})")
-    return files
 
 
 def _unreadable() -> tuple[type[BaseException], ...]:
@@ -39,17 +27,6 @@ def _unreadable() -> tuple[type[BaseException], ...]:
 
     # a decompression bomb (more pixels than PIL allows) is an unusable image, not a crash
     return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """H x W x 3 uint8; :class:`ImageReadError` naming the file when it cannot be decoded."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB")).copy()
-    except _unreadable() as exc:
-        raise ImageReadError(f"{path}: cannot read image ({exc})") from None
 
 
 def _probe(path: Path, decode: bool) -> tuple[np.ndarray | None, tuple[int, int]]:
@@ -104,33 +81,6 @@ def _fit_lr(lr: np.ndarray, hr: np.ndarray, path: Path) -> np.ndarray:
     return imresize(lr, size=hr.shape[:2])
 
 
-def pair_by_stem(
-    hr_files: Sequence[Path], lr_files: Sequence[Path], tags: tuple[str, str] = ("", "")
-) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """Each HR file with the LR file of the same stem, whatever the extensions (``a.png`` + ``a.jpg``).
-
-    ``tags``: stem endings to strip first (``("_HR", "_LR")`` for Set5-style
-    ``NAME_HR.png`` + ``NAME_LR.png``). Returns the pairs and, for each HR file
-    without an LR, a message naming it. Training and validation both pair this way.
-    """
-    hr_tag, lr_tag = tags
-
-    def base(p: Path, tag: str) -> str:
-        return p.stem[: len(p.stem) - len(tag)]
-
-    lr_by_stem = {base(p, lr_tag): p for p in lr_files if p.stem.endswith(lr_tag)}
-    where = lr_files[0].parent if lr_files else "the LR images"
-    pairs: list[tuple[Path, Path]] = []
-    missing: list[str] = []
-    for hr in hr_files:
-        lr = lr_by_stem.get(base(hr, hr_tag))
-        if lr is None:
-            missing.append(f"{hr}: no LR image named {base(hr, hr_tag)}{lr_tag}.* in {where}")
-        else:
-            pairs.append((hr, lr))
-    return pairs, missing
-
-
 def _too_small(path: Path, shape: tuple[int, int], need: int, policy: str) -> str | None:
     """Why ``path`` is skipped under ``small_images: skip``, or None to keep it."""
     if policy == "pad" or min(shape) >= need:
@@ -164,7 +114,7 @@ def load_pairs(folder: str, pair_range: tuple[int, int] | None, cache: bool, nee
     hr_files = list_images(root / "HR")
     lr_dir = root / "LR"
     if not lr_dir.is_dir():
-        raise HBPNError(f"{lr_dir}: no such folder (paired_dir needs HR/ and LR/)")
+        raise HBPNError(f"{lr_dir}: no such folder (a paired folder needs HR/ and LR/)")
     if pair_range is not None:
         hr_files = hr_files[pair_range[0] : pair_range[1]]
         if not hr_files:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from hbpn.errors import HBPNError, ImageReadError
+from hbpn.eval.datasets import list_images, pair_by_stem, read_rgb
 from hbpn.model import HBPN
 from hbpn.ops.resize import imresize
 from hbpn.pipeline.tiling import run_model
 from hbpn.train.config import ValSection
-from hbpn.train.data import list_images, pair_by_stem, read_rgb
 
 SSIM_WINDOW = 11  # hbpn.ops.metrics.ssim needs at least this many pixels each way after the crop
 

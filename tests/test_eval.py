@@ -93,7 +93,7 @@ def test_paired_layout_scores_rgb_and_y_once(tmp_path: Path) -> None:
         _save(root / "LR" / f"{i}.png", np.clip(hr.astype(int) + 6, 0, 255).astype(np.uint8))
     _save(root / "LR" / "lonely.png", _smooth(32, 30, 5))
     _save(root / "HR" / "small.png", _smooth(32, 30, 6))
-    _save(root / "LR" / "small.png", _smooth(16, 15, 6))  # not the same size: skipped
+    _save(root / "LR" / "small.png", _smooth(16, 14, 6))  # neither the same size nor a whole factor: skipped
     report = evaluate(None, {"R": root}, [2, 3, 4])
     (s,) = report.sets
     assert (s.layout, s.scale, s.crop, s.views) == ("paired", 1, 0, ("RGB", "Y"))

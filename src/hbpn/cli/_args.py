@@ -38,3 +38,30 @@ def tile(text: str) -> int | str:
             f"tile must be 0 (no tiling), auto, or a number of pixels >= {MIN_TILE}, got {text!r}"
         )
     return value
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """``--tile-pad``, ``--precision`` and ``--batch``: how the network runs, the same for every command."""
+    from hbpn.defaults import DEFAULT_TILE_PAD
+
+    p.add_argument(
+        "--tile-pad",
+        type=whole_number(0),
+        default=DEFAULT_TILE_PAD,
+        metavar="N",
+        help=f"overlap on each side of a tile, blended (default: {DEFAULT_TILE_PAD})",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="fp32",
+        help="network arithmetic: fp16/bf16 use autocast, faster on GPUs (default: fp32)",
+    )
+    p.add_argument(
+        "--batch",
+        type=whole_number(1),
+        default=1,
+        metavar="N",
+        help="tile passes (tiles, or -x orientations) per forward of the network: 2-4 can keep more "
+        "cores busy on small tiles, at N tiles' memory (default: 1)",
+    )

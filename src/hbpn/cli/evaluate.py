@@ -7,8 +7,7 @@ import sys
 from collections.abc import Iterable
 from typing import TypeVar
 
-from hbpn.cli._args import whole_number
-from hbpn.defaults import DEFAULT_TILE_PAD
+from hbpn.cli._args import add_run_options, whole_number
 
 T = TypeVar("T")
 
@@ -77,20 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="run the model on tiles of PX pixels to save memory (default: 0, whole image)",
     )
-    p.add_argument(
-        "--tile-pad",
-        type=whole_number(0),
-        default=DEFAULT_TILE_PAD,
-        metavar="N",
-        help=f"overlap on each side of a tile, blended, as hbpn upscale (default: {DEFAULT_TILE_PAD})",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="network arithmetic, as hbpn upscale (default: fp32)",
-    )
-    p.add_argument("--batch", type=whole_number(1), default=1, metavar="N", help="tile passes per forward (default: 1)")
+    add_run_options(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")
     p.add_argument(
         "--limit", type=whole_number(1), default=None, metavar="N", help="score only the first N images of each set"

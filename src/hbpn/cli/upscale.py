@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hbpn.cli._args import tile, whole_number
+from hbpn.cli._args import add_run_options, tile, whole_number
 
 EPILOG = """\
 Examples:
@@ -37,7 +37,7 @@ def _scale(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # torch-free defaults: building the parser (hbpn --help) must not import torch
-    from hbpn.defaults import DEFAULT_QUALITY, DEFAULT_TILE, DEFAULT_TILE_PAD, MIN_TILE
+    from hbpn.defaults import DEFAULT_QUALITY, DEFAULT_TILE, MIN_TILE
 
     p = sub.add_parser(
         "upscale",
@@ -73,25 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"that fits in free memory (default: {DEFAULT_TILE})",
     )
     p.add_argument(
-        "--tile-pad",
-        type=whole_number(0),
-        default=DEFAULT_TILE_PAD,
-        metavar="N",
-        help=f"overlap on each side of a tile, blended (default: {DEFAULT_TILE_PAD})",
-    )
-    p.add_argument(
         "-x",
         "--ensemble",
         action="store_true",
         help="x8 self-ensemble (4 rotations x flip, averaged): slightly better, 8x slower",
     )
+    add_run_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "fp16", "bf16"),
-        default="fp32",
-        help="network arithmetic: fp16/bf16 use autocast, faster on GPUs (default: fp32)",
-    )
     p.add_argument(
         "--threads",
         type=whole_number(1),
@@ -105,14 +93,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="torch.compile the network: 30-60 s to build per tile shape, then up to 1.3x faster on CPU; "
         "for long jobs of same-size images",
-    )
-    p.add_argument(
-        "--batch",
-        type=whole_number(1),
-        default=1,
-        metavar="N",
-        help="tile passes (tiles, or -x orientations) per forward of the network: 2-4 can keep more "
-        "cores busy on small tiles, at N tiles' memory (default: 1)",
     )
     p.add_argument("--suffix", default=None, help="added to each output's stem (default: _x{scale}, e.g. _x4)")
     p.add_argument(

@@ -10,8 +10,9 @@ Layouts of a data set folder (:func:`detect_layout`):
   no ``image_SRF_<s>`` folder (x8 in most copies) falls back to the ``hr``
   rule on the HR images of the least-cropped scale present, with a note.
 * ``files``: one such folder itself: ``NAME_HR.ext`` beside ``NAME_LR.ext``.
-* ``paired``: ``HR/`` and ``LR/`` folders of same-size real photo pairs
-  (NTIRE 2019 Real SR, City100): scale 1, the LR as it is.
+* ``paired``: ``HR/`` and ``LR/`` folders of real photo pairs (NTIRE 2019 Real
+  SR, City100), the same size (scale 1, the LR as it is); an LR exactly a
+  whole factor smaller than its HR counts as that scale.
 
 Pairs are matched by stem whatever the extensions (``a.png`` + ``a.jpg``),
 after stripping the ``_HR``/``_LR`` tags where a layout has them
@@ -166,9 +167,12 @@ def _from_hr(path: Path, name: str, scale: int) -> Pair:
     return Pair(name, hr, imresize(hr, 1 / scale), scale)
 
 
-def _from_files(hr_path: Path, lr_path: Path, name: str, scale: int) -> Pair:
-    """The pair of two files at ``scale`` (1: real same-size pairs)."""
+def _from_files(hr_path: Path, lr_path: Path, name: str, scale: int | None) -> Pair:
+    """The pair of two files at ``scale``; None (real pairs): 1, or the whole factor the sizes show exactly."""
     hr, lr = _read(hr_path), _read(lr_path)
+    if scale is None:
+        k = hr.shape[0] // max(1, lr.shape[0])
+        scale = k if k > 1 and hr.shape[:2] == (lr.shape[0] * k, lr.shape[1] * k) else 1
     if scale > 1:
         hr = modcrop(hr, scale)
     want = (hr.shape[0] // scale, hr.shape[1] // scale)
@@ -215,7 +219,7 @@ def open_dataset(
         found, skipped = pair_by_stem(_window(list_images(root / "HR"), window), lr_files)
         hr_stems = {p.stem for p in _images(root / "HR")}
         skipped += [f"{p}: no HR image named {p.stem}.* in {root / 'HR'}" for p in lr_files if p.stem not in hr_stems]
-        items = [Item(h.stem, lambda h=h, lo=lo: _from_files(h, lo, h.stem, 1)) for h, lo in found]
+        items = [Item(h.stem, lambda h=h, lo=lo: _from_files(h, lo, h.stem, None)) for h, lo in found]
         scale = 1
     elif layout == "files":
         m = _SRF_DIR.match(root.name)

@@ -303,7 +303,7 @@ class Trainer:
 
         model = self.ema if self.ema is not None else self.model
         try:
-            metrics, preview = evaluate(model, self.valset, self.dist.device, self.cfg.val.tile)  # type: ignore[union-attr]
+            metrics, preview = evaluate(model, self.valset, self.cfg.val.tile)
         except ModuleNotFoundError as exc:
             if exc.name != "hbpn.ops.metrics":
                 raise

@@ -338,3 +338,61 @@ def test_tiles_sit_on_the_model_grid() -> None:
     tiled, maps = run_model(net, x, tile=96, tile_pad=8, maps=True)  # 3 x 2 tiles of 96, canvas 224 x 160
     assert tiled.shape == whole.shape and maps.shape == whole_maps.shape
     assert (tiled - whole).abs().mean() * 255 < 0.5  # measured 0.05; 3.7 with the old offsets
+
+
+def test_batch_memory_counts_only_the_passes_there_are(model: HBPN) -> None:
+    # `--batch 100000` on a 1x1 image was refused as needing 45.8 GiB: a batch is never filled past the passes
+    from hbpn.pipeline.memory import memory_needed
+    from hbpn.pipeline.tiling import tile_passes
+
+    one = memory_needed(model, (1, 1), tile=1024, batch=1)
+    assert memory_needed(model, (1, 1), tile=1024, batch=100_000) == one
+    eight = memory_needed(model, (1, 1), tile=1024, batch=8, ensemble=True)
+    assert memory_needed(model, (1, 1), tile=1024, batch=100_000, ensemble=True) == eight > one
+    assert tile_passes((100, 300), 64, 8, model.cfg.multiple) > 1
+    n = tile_passes((100, 300), 64, 8, model.cfg.multiple)
+    big = memory_needed(model, (100, 300), tile=64, tile_pad=8, batch=10_000)
+    assert big == memory_needed(model, (100, 300), tile=64, tile_pad=8, batch=n) > one
+
+
+def _fake_files(files: dict[str, str]):  # type: ignore[no-untyped-def]
+    return lambda path: files.get(path)
+
+
+MEMINFO = "MemTotal: 25000000 kB\nMemAvailable: 20000000 kB\n"
+STATUS = "Name: python\nVmSize: 3000000 kB\nVmData: 1000000 kB\n"
+
+
+@pytest.mark.parametrize(
+    "files, rlimits, source, free",
+    [
+        ({"/proc/meminfo": MEMINFO}, {}, "available", 20_000_000 * 1024),
+        ({"/proc/meminfo": MEMINFO, "/sys/fs/cgroup/memory.max": "2147483648\n",
+          "/sys/fs/cgroup/memory.current": "1073741824\n"}, {}, "cgroup", 2**30),
+        ({"/proc/meminfo": MEMINFO, "/sys/fs/cgroup/memory.max": "max\n",
+          "/sys/fs/cgroup/memory/memory.limit_in_bytes": "3221225472\n",
+          "/sys/fs/cgroup/memory/memory.usage_in_bytes": "1073741824\n"}, {}, "cgroup", 2 * 2**30),
+        ({"/proc/meminfo": MEMINFO, "/proc/self/status": STATUS}, {"as": 4_000_000 * 1024}, "rlimit_as",
+         1_000_000 * 1024),
+        ({"/proc/meminfo": MEMINFO, "/proc/self/status": STATUS}, {"data": 1_500_000 * 1024}, "rlimit_data",
+         500_000 * 1024),
+    ],
+)  # fmt: skip
+def test_free_memory_is_the_least_of_every_limit(
+    monkeypatch: pytest.MonkeyPatch, files: dict[str, str], rlimits: dict[str, int], source: str, free: int
+) -> None:
+    # the check read only MemAvailable: under `ulimit -v` or a cgroup an 8000^2 x2 upscale died in the allocator
+    import resource
+
+    import hbpn.pipeline.memory as mem
+
+    inf = resource.RLIM_INFINITY
+
+    def rlimit(res: int) -> tuple[int, int]:
+        key = "as" if res == resource.RLIMIT_AS else "data"
+        return (rlimits.get(key, inf), inf)
+
+    got = mem.host_limits(_fake_files(files), rlimit)
+    assert got[source] == free and min(v for v in got.values() if v is not None) == free
+    monkeypatch.setattr(mem, "host_limits", lambda: got)
+    assert mem.free_memory(torch.device("cpu")) == free

@@ -142,8 +142,9 @@ def check_memory(model: HBPN, size: tuple[int, int], opts: BatchOptions) -> None
     if opts.max_output_pixels and h * w > opts.max_output_pixels:
         raise OutputLimitError(f"the {w}x{h} output has more pixels than the limit of {opts.max_output_pixels}")
     need = memory.memory_needed(
-        model, size, tile=opts.tile, precision=opts.precision, maps=opts.save_maps, batch=opts.batch
-    )
+        model, size, tile=opts.tile, precision=opts.precision, maps=opts.save_maps, batch=opts.batch,
+        tile_pad=opts.tile_pad, ensemble=opts.ensemble,
+    )  # fmt: skip
     device = model_device(model)
     free = memory.free_memory(device)
     if free is not None and need > free:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import functools
 import math
+import resource
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from hbpn.config import HBPNConfig
-from hbpn.defaults import DEFAULT_TILE
+from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
 from hbpn.device import PRECISIONS
 from hbpn.model import HBPN
+from hbpn.pipeline.tiling import tile_passes
 
 #: Real peak memory over the traced live-tensor peak (allocator slack, conv
 #: workspaces): measured 1.6-2.0x with ru_maxrss on CPU (docs/UPSCALE.md).
@@ -68,26 +71,77 @@ def activation_bytes_per_pixel(cfg: HBPNConfig, precision: str | None = None) ->
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes free for tensors on ``device``: CUDA's own count, MPS's recommended
-    limit less what it holds, or the host's available memory (psutil when
-    installed, else /proc/meminfo); None when unknown."""
+    limit less what it holds, or on the host the least of :func:`host_limits`;
+    None when unknown."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type == "mps":
         return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
-    try:
-        import psutil
+    found = [v for v in host_limits().values() if v is not None]
+    return max(0, min(found)) if found else None
 
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
+
+def _read_text(path: str) -> str | None:
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+        with open(path, encoding="ascii") as fh:
+            return fh.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _number(text: str | None) -> int | None:
+    """An integer file's value; None for missing, unreadable or ``max`` (no limit)."""
+    try:
+        return int(text.split()[0]) if text and text.split() else None
+    except ValueError:
+        return None
+
+
+def _proc_kib(text: str | None, key: str) -> int | None:
+    """``KEY:   123 kB`` of a /proc file, in bytes."""
+    for line in (text or "").splitlines():
+        if line.startswith(key + ":"):
+            kib = _number(line.split(":", 1)[1])
+            return None if kib is None else kib * 1024
     return None
+
+
+def _psutil_available() -> int | None:
+    try:
+        import psutil  # where there is no /proc (macOS, Windows)
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def host_limits(
+    read: Callable[[str], str | None] = _read_text,
+    rlimit: Callable[[int], tuple[int, int]] = resource.getrlimit,
+) -> dict[str, int | None]:
+    """Bytes this process may still allocate, by source (None: no such limit or unknown).
+
+    ``available``: the machine's MemAvailable; ``cgroup``: a cgroup v2
+    (``memory.max`` - ``memory.current``) or v1 (``memory.limit_in_bytes`` -
+    ``memory.usage_in_bytes``) limit of a container; ``rlimit_as`` /
+    ``rlimit_data``: ``ulimit -v`` / ``-d`` less the address space / data the
+    process already has. A process under a limit is killed (or fails in the
+    allocator) at the least of them, so callers take the minimum.
+    """
+    status = read("/proc/self/status")
+    available = _proc_kib(read("/proc/meminfo"), "MemAvailable")
+    out: dict[str, int | None] = {"available": available if available is not None else _psutil_available()}
+    limit, usage = _number(read("/sys/fs/cgroup/memory.max")), _number(read("/sys/fs/cgroup/memory.current"))
+    if limit is None:  # cgroup v1; an unlimited v1 group reports a huge number, harmless in a minimum
+        limit = _number(read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        usage = _number(read("/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+    out["cgroup"] = None if limit is None else limit - (usage or 0)
+    for name, res, key in (
+        ("rlimit_as", resource.RLIMIT_AS, "VmSize"),
+        ("rlimit_data", resource.RLIMIT_DATA, "VmData"),
+    ):
+        soft = rlimit(res)[0]
+        out[name] = None if soft == resource.RLIM_INFINITY else soft - (_proc_kib(status, key) or 0)
+    return out
 
 
 def auto_tile(
@@ -124,8 +178,13 @@ def memory_needed(
     precision: str | None = None,
     maps: bool = False,
     batch: int = 1,
+    tile_pad: int = DEFAULT_TILE_PAD,
+    ensemble: bool = False,
 ) -> int:
     """Estimated peak bytes to upscale to an ``image_hw`` output with ``model``.
+
+    ``batch`` counts only as far as the image has tile passes (a 1-pixel image
+    has one, or eight with ``ensemble``), since a batch is never filled beyond them.
 
     The whole-image buffers (:data:`IMAGE_BYTES_PER_PIXEL`, plus the maps) and
     the activations of ``batch`` tiles (``"auto"``: the tile :func:`auto_tile` picks).
@@ -141,4 +200,5 @@ def memory_needed(
     m = model.cfg.multiple
     th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
     per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
-    return int(full + per_px * th * tw * batch)
+    passes = tile_passes(image_hw, int(tile or 0), tile_pad, m, ensemble)
+    return int(full + per_px * th * tw * min(batch, passes))

@@ -16,7 +16,7 @@ from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
 from hbpn.device import autocast, is_compiled
 from hbpn.model import HBPN
 
-__all__ = ["DEFAULT_TILE", "DEFAULT_TILE_PAD", "run_model"]
+__all__ = ["DEFAULT_TILE", "DEFAULT_TILE_PAD", "run_model", "tile_passes"]
 
 
 def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
@@ -72,6 +72,15 @@ def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[in
     n = -(-(units - overlap) // (biggest - overlap))
     t = -(-(units - overlap) // n) + overlap
     return t * multiple, [round(i * (units - t) / (n - 1)) * multiple for i in range(n)]
+
+
+def tile_passes(hw: tuple[int, int], tile: int | None, pad: int, multiple: int, ensemble: bool = False) -> int:
+    """How many tile passes :func:`run_model` makes over an ``hw`` image (tiles x orientations)."""
+    h, w = hw
+    if not tile:
+        return 8 if ensemble else 1
+    ny, nx = (len(_layout(side, tile, pad, multiple)[1]) for side in (h, w))
+    return ny * nx * (8 if ensemble else 1)
 
 
 def _batches(views: list[tuple[int, int, int]], size: int, swaps: bool) -> list[list[tuple[int, int, int]]]:

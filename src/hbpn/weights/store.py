@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -104,6 +105,23 @@ def _weights_from_bytes(data: bytes, source: str) -> tuple[dict[str, Tensor], di
     return tensors, dict(header.get("__metadata__") or {})
 
 
+def _shape_facts(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+    """widths, stem_width, stages and unshuffle as the parameter shapes show them."""
+    try:
+        stem = state["stem.0.conv.weight"]
+        widths = [int(state["stages.0.hourglass.down.0.project.conv.weight"].shape[1])]
+        i = 0
+        while (key := f"stages.0.hourglass.down.{i}.project.conv.weight") in state:
+            widths.append(int(state[key].shape[0]))
+            i += 1
+        stages = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"stages\.(\d+)\.", k)))
+    except (KeyError, ValueError, IndexError) as exc:
+        raise WeightsError(f"{source + ': ' if source else ''}not an HBPN state dict (cannot find {exc})") from None
+    # the stem sees the image and its YCbCr copy (6 channels) per pixel of an unshuffle x unshuffle block
+    unshuffle = round((int(stem.shape[1]) // 6) ** 0.5)
+    return {"widths": tuple(widths), "stem_width": int(stem.shape[0]), "stages": stages, "unshuffle": unshuffle}
+
+
 def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
     """Recover the network shape from parameter shapes (for files without metadata).
 
@@ -111,18 +129,7 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
     is accepted (the Caffe graph has no residual); any other shape needs a file
     with its config in the metadata, as :func:`save_weights` writes.
     """
-    try:
-        stem = state["stem.0.conv.weight"]
-        widths = [int(state["stages.0.hourglass.down.0.project.conv.weight"].shape[1])]
-        i = 0
-        while f"stages.0.hourglass.down.{i}.project.conv.weight" in state:
-            widths.append(int(state[f"stages.0.hourglass.down.{i}.project.conv.weight"].shape[0]))
-            i += 1
-        stages = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"stages\.(\d+)\.", k)))
-        unshuffle = round((int(stem.shape[1]) // 6) ** 0.5)
-    except (KeyError, ValueError, IndexError) as exc:
-        raise WeightsError(f"not an HBPN state dict (cannot find {exc})") from None
-    cfg = HBPNConfig(widths=tuple(widths), stem_width=int(stem.shape[0]), stages=stages, unshuffle=unshuffle)
+    cfg = HBPNConfig(**_shape_facts(state, ""))
     if cfg != PRESETS["paper"]:
         raise WeightsError(
             "weights without a model config in their metadata, and not the paper's shape: whether the network "
@@ -132,22 +139,48 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
     return cfg
 
 
-def model_from_weights(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], source: str = "weights") -> HBPN:
-    """Build an HBPN and load ``tensors`` into it; mismatches are named."""
-    if "config" in metadata:
-        try:
-            cfg = HBPNConfig.from_json(metadata["config"])
-        except (ValueError, TypeError, json.JSONDecodeError) as exc:
-            raise WeightsError(f"{source}: bad model config in metadata ({exc})") from None
-    else:
-        try:
-            cfg = config_from_state_dict(tensors)
-        except WeightsError as exc:
-            raise WeightsError(f"{source}: {exc}") from None
-    model = HBPN(cfg)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
+#: Metadata config text longer than this is refused before it is parsed (a real one is ~200 bytes).
+MAX_CONFIG_BYTES = 16 * 1024
+#: Tensor dtypes a weight file may hold.
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _config_from_metadata(text: str, source: str) -> HBPNConfig:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{source}: model config in metadata is {len(text)} bytes, more than {MAX_CONFIG_BYTES}")
+    try:
+        return HBPNConfig.from_json(text)
+    except (ValueError, TypeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise WeightsError(f"{source}: bad model config in metadata ({str(exc)[:200]})") from None
+
+
+def check_tensors(tensors: Mapping[str, Tensor], source: str = "weights") -> None:
+    """Refuse dtypes other than fp16/bf16/fp32 and non-finite values, naming the tensor."""
+    for key, value in tensors.items():
+        if value.dtype not in DTYPES:
+            raise WeightsError(f"{source}: {key} is {str(value.dtype).replace('torch.', '')}, not fp16/bf16/fp32")
+        if not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"{source}: {key} holds NaN or infinite values")
+
+
+def check_config(cfg: HBPNConfig, tensors: Mapping[str, Tensor], source: str = "weights") -> None:
+    """The config must be the one the tensors' shapes imply, before any network is built.
+
+    A forged config (300 stages, 100,000 widths, widths of 50,000) would
+    otherwise allocate gigabytes before the shapes are compared.
+    """
+    try:
+        facts = _shape_facts(tensors, "")
+    except WeightsError as exc:
+        raise WeightsError(f"{source}: weights do not fit an HBPN: missing tensors ({exc})") from None
+    for name, value in facts.items():
+        if getattr(cfg, name) != value:
+            shown = getattr(cfg, name)
+            shown = shown if len(str(shown)) < 80 else f"{str(shown)[:80]}..."
+            raise WeightsError(f"{source}: metadata config {name}={shown} does not fit the tensors ({name}={value})")
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        own = {k: v.shape for k, v in HBPN(cfg).state_dict().items()}
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
     if missing or unexpected:
         parts = []
         if missing:
@@ -156,8 +189,22 @@ def model_from_weights(tensors: Mapping[str, Tensor], metadata: Mapping[str, str
             parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
         raise WeightsError(f"{source}: weights do not fit an HBPN: {'; '.join(parts)}")
     for key, value in tensors.items():
-        if value.shape != own[key].shape:
-            raise WeightsError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+        if value.shape != own[key]:
+            raise WeightsError(f"{source}: {key} has shape {tuple(value.shape)}, expected {tuple(own[key])}")
+
+
+def model_from_weights(tensors: Mapping[str, Tensor], metadata: Mapping[str, str], source: str = "weights") -> HBPN:
+    """Check ``tensors`` and the config against each other, then build an HBPN holding them; mismatches are named."""
+    check_tensors(tensors, source)
+    if "config" in metadata:
+        cfg = _config_from_metadata(metadata["config"], source)
+    else:
+        try:
+            cfg = config_from_state_dict(tensors)
+        except WeightsError as exc:
+            raise WeightsError(f"{source}: {exc}") from None
+    check_config(cfg, tensors, source)
+    model = HBPN(cfg)
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     return model
 

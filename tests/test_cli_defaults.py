@@ -34,7 +34,8 @@ def test_upscale_defaults_match_batch_options() -> None:
     for flag, field in [("--scale", "scale"), ("--tile", "tile"), ("--tile-pad", "tile_pad"), ("--batch", "batch"),
                         ("--precision", "precision"), ("--quality", "quality"), ("--max-output-pixels",
                         "max_output_pixels")]:  # fmt: skip
-        assert _action(p, flag).default == getattr(opts, field), flag
+        owner = opts.run if field in ("tile", "tile_pad", "batch", "precision") else opts
+        assert _action(p, flag).default == getattr(owner, field), flag
 
 
 def test_serve_and_eval_state_their_tile_defaults() -> None:

@@ -16,10 +16,11 @@ from hbpn.config import get_preset
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import modcrop, open_dataset
 from hbpn.eval.pictures import heat, worst_crop
-from hbpn.eval.score import RunOptions, evaluate, paper_figures, run_on_image
+from hbpn.eval.score import evaluate, paper_figures, run_on_image
 from hbpn.model import HBPN
 from hbpn.ops.metrics import psnr, ssim
 from hbpn.ops.resize import imresize
+from hbpn.pipeline.upscaling import RunOptions
 from hbpn.weights.store import load_model, save_weights
 
 

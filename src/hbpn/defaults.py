@@ -20,3 +20,5 @@ DEFAULT_TILE_PAD = 16
 MIN_TILE = 32
 #: JPEG/WebP quality of written images.
 DEFAULT_QUALITY = 95
+#: ``--precision`` names (hbpn.device.PRECISIONS maps them to dtypes).
+PRECISION_NAMES = ("fp32", "fp16", "bf16")

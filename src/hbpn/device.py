@@ -8,11 +8,14 @@ from typing import Any
 
 import torch
 
+from hbpn.defaults import PRECISION_NAMES
 from hbpn.errors import WeightsError
 from hbpn.model import HBPN
 
-#: --precision names and their dtypes (fp32: no autocast).
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: --precision names (hbpn.defaults.PRECISION_NAMES) and their dtypes (fp32: no autocast).
+PRECISIONS: dict[str, torch.dtype] = dict(
+    zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16), strict=True)
+)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

@@ -42,7 +42,7 @@ def tile(text: str) -> int | str:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """``--tile-pad``, ``--precision`` and ``--batch``: how the network runs, the same for every command."""
-    from hbpn.defaults import DEFAULT_TILE_PAD
+    from hbpn.defaults import DEFAULT_TILE_PAD, PRECISION_NAMES
 
     p.add_argument(
         "--tile-pad",
@@ -53,7 +53,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16"),
+        choices=PRECISION_NAMES,
         default="fp32",
         help="network arithmetic: fp16/bf16 use autocast, faster on GPUs (default: fp32)",
     )

@@ -8,7 +8,7 @@ import socket
 import sys
 
 from hbpn.cli._args import tile, whole_number
-from hbpn.defaults import DEFAULT_TILE
+from hbpn.defaults import DEFAULT_TILE, PRECISION_NAMES
 
 DEFAULT_PORT = 8000
 
@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"tile edge in output pixels, 0 for whole images, or 'auto' to fit free memory (default: {DEFAULT_TILE})",
     )
     p.add_argument(
-        "--precision", choices=["fp32", "fp16", "bf16"], default=None, help="arithmetic on the device (default: fp32)"
+        "--precision", choices=PRECISION_NAMES, default=None, help="arithmetic on the device (default: fp32)"
     )
     p.add_argument(
         "--log-level",

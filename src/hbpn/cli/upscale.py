@@ -164,7 +164,16 @@ def run(args: argparse.Namespace) -> int:
     from hbpn.device import compile_model
     from hbpn.errors import HBPNError
     from hbpn.io.images import expand_inputs
-    from hbpn.pipeline.batch import BatchOptions, Event, folder_problem, output_suffix, plan_outputs, upscale_files
+    from hbpn.pipeline.batch import (
+        BatchOptions,
+        BatchResult,
+        Event,
+        folder_problem,
+        output_suffix,
+        plan_outputs,
+        upscale_files,
+    )  # fmt: skip
+    from hbpn.pipeline.upscaling import RunOptions
     from hbpn.weights import load_model
 
     start = time.monotonic()
@@ -194,13 +203,17 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=_device(args.device, world)) if plan else None
     if model is not None and args.compile:
         compile_model(model)
+    run_opts = RunOptions(
+        tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble, precision=args.precision, batch=args.batch
+    )
     opts = BatchOptions(
-        scale=args.scale, tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble, precision=args.precision,
-        batch=args.batch, quality=args.quality, overwrite=args.overwrite, save_maps=args.save_maps,
+        scale=args.scale, run=run_opts, quality=args.quality, overwrite=args.overwrite, save_maps=args.save_maps,
         max_pixels=args.max_pixels, max_output_pixels=args.max_output_pixels,
     )  # fmt: skip
     bar = tqdm(plan, desc=f"upscale{tag}", unit="img", file=sys.stderr, disable=None, dynamic_ncols=True)
-    res = upscale_files(bar, model, opts, on_event=on_event, outdir_problem=problem, progress_for=_tile_bar)
+    res = BatchResult()
+    if model is not None:  # None: no input for this process
+        res = upscale_files(bar, model, opts, on_event=on_event, outdir_problem=problem, progress_for=_tile_bar)
     bar.close()
     failed = res.failed + (len(unmatched) if rank == 0 else 0)
     elapsed = time.monotonic() - start

@@ -215,9 +215,9 @@ def open_dataset(
     notes: list[str] = []
     skipped: list[str] = []
     if layout == "paired":
-        lr_files = list_images(root / "LR")
-        found, skipped = pair_by_stem(_window(list_images(root / "HR"), window), lr_files)
-        hr_stems = {p.stem for p in _images(root / "HR")}
+        hr_files, lr_files = list_images(root / "HR"), list_images(root / "LR")
+        found, skipped = pair_by_stem(_window(hr_files, window), lr_files)
+        hr_stems = {p.stem for p in hr_files}
         skipped += [f"{p}: no HR image named {p.stem}.* in {root / 'HR'}" for p in lr_files if p.stem not in hr_stems]
         items = [Item(h.stem, lambda h=h, lo=lo: _from_files(h, lo, h.stem, None)) for h, lo in found]
         scale = 1

@@ -30,7 +30,7 @@ from hbpn.eval.datasets import DataSet, PairError, open_dataset
 from hbpn.model import HBPN
 from hbpn.ops.metrics import psnr, ssim
 from hbpn.ops.resize import imresize
-from hbpn.pipeline.upscaling import Tile, upscale, upscale_with_maps
+from hbpn.pipeline.upscaling import RunOptions, Tile, upscale, upscale_with_maps
 
 T = TypeVar("T")
 #: Wraps an iterable for progress display: ``progress(iterable, description, total)``.
@@ -184,28 +184,14 @@ def _score(sr: np.ndarray, hr: np.ndarray, views: Sequence[str], crop: int) -> d
     return {v: Score(psnr(sr, hr, crop, v == "Y"), ssim(sr, hr, crop, v == "Y")) for v in views}
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """How the model runs on each image: what ``hbpn upscale`` takes, so a report is what a user gets."""
-
-    tile: Tile = 0
-    tile_pad: int = DEFAULT_TILE_PAD
-    ensemble: bool = False
-    precision: str | None = None
-    batch: int = 1
-
-
 def run_on_image(
     model: HBPN, lr: np.ndarray, scale: int, opts: RunOptions, *, maps: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``hbpn.upscale`` of the uint8 ``lr`` by ``scale`` (the one front-end), and its WR maps if asked."""
-    kw = dict(
-        tile=opts.tile, tile_pad=opts.tile_pad, ensemble=opts.ensemble, precision=opts.precision, batch=opts.batch
-    )
     if maps:
-        out, wr = upscale_with_maps(lr, scale, model, **kw)  # type: ignore[arg-type]
+        out, wr = upscale_with_maps(lr, scale, model, **opts.kwargs())
         return out, wr.numpy()
-    return upscale(lr, scale, model, **kw), None  # type: ignore[arg-type]
+    return upscale(lr, scale, model, **opts.kwargs()), None
 
 
 def _evaluate_set(

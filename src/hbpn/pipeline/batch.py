@@ -8,30 +8,37 @@ whole input list (so that processes sharing the list agree);
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from hbpn.defaults import DEFAULT_QUALITY, DEFAULT_TILE, DEFAULT_TILE_PAD
+from hbpn.defaults import DEFAULT_QUALITY
 from hbpn.device import model_device
 from hbpn.errors import HBPNError
 from hbpn.io.files import atomic_path
 from hbpn.io.images import output_extension, read_image, save_image, to_pil
 from hbpn.model import HBPN
 from hbpn.pipeline import memory
-from hbpn.pipeline.upscaling import Progress, target_size, upscale_picture
+from hbpn.pipeline.upscaling import Progress, RunOptions, target_size, upscale_picture
 
 
-class MemoryLimitError(HBPNError):
-    """An output would need more memory than is free (raised before any work)."""
+class LimitError(HBPNError):
+    """An input refused before any work because of a limit a setting controls (``reason`` names it)."""
+
+    reason = ""
+
+
+class MemoryLimitError(LimitError):
+    """An output would need more memory than is free."""
 
     reason = "memory"
 
 
-class OutputLimitError(HBPNError):
+class OutputLimitError(LimitError):
     """An output would have more pixels than the configured limit."""
 
     reason = "output_limit"
@@ -55,11 +62,7 @@ class BatchOptions:
     """How each file is upscaled and written (the defaults of ``hbpn upscale``)."""
 
     scale: float = 4.0
-    tile: int | str | None = DEFAULT_TILE
-    tile_pad: int = DEFAULT_TILE_PAD
-    ensemble: bool = False
-    precision: str | None = "fp32"
-    batch: int = 1
+    run: RunOptions = field(default_factory=RunOptions)
     quality: int = DEFAULT_QUALITY
     overwrite: bool = False
     save_maps: bool = False
@@ -123,8 +126,6 @@ def plan_outputs(files: list[Path], outdir: Path, suffix: str, ext: str = "auto"
 
 def folder_problem(outdir: Path) -> str | None:
     """Create ``outdir``; why outputs cannot be written there, or None."""
-    import os
-
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -141,9 +142,10 @@ def check_memory(model: HBPN, size: tuple[int, int], opts: BatchOptions) -> None
     h, w = size
     if opts.max_output_pixels and h * w > opts.max_output_pixels:
         raise OutputLimitError(f"the {w}x{h} output has more pixels than the limit of {opts.max_output_pixels}")
+    r = opts.run
     need = memory.memory_needed(
-        model, size, tile=opts.tile, precision=opts.precision, maps=opts.save_maps, batch=opts.batch,
-        tile_pad=opts.tile_pad, ensemble=opts.ensemble,
+        model, size, tile=r.tile, precision=r.precision, maps=opts.save_maps, batch=r.batch, tile_pad=r.tile_pad,
+        ensemble=r.ensemble,
     )  # fmt: skip
     device = model_device(model)
     free = memory.free_memory(device)
@@ -175,11 +177,11 @@ def upscale_file(
     picture = read_image(job.src, max_pixels=opts.max_pixels)
     for text in picture.notes:
         note(text)
-    check_memory(model, target_size(*picture.pixels.shape[:2], opts.scale), opts)
+    h, w = picture.pixels.shape[:2]
+    check_memory(model, target_size(h, w, opts.scale), opts)
     result, maps = upscale_picture(
-        picture, opts.scale, model, tile=opts.tile, tile_pad=opts.tile_pad, ensemble=opts.ensemble,
-        precision=opts.precision, progress=progress, maps=opts.save_maps, batch=opts.batch,
-    )  # fmt: skip
+        picture, opts.scale, model, progress=progress, maps=opts.save_maps, **opts.run.kwargs()
+    )
     target = job.out
     try:
         with atomic_path(job.out) as tmp_out:
@@ -197,7 +199,7 @@ def upscale_file(
 
 def upscale_files(
     jobs: Iterable[Job],
-    model: HBPN | None,
+    model: HBPN,
     opts: BatchOptions,
     *,
     on_event: Callable[[Event], None],
@@ -220,25 +222,27 @@ def upscale_files(
             continue
         if problem is None and outdir_problem:
             problem = f"cannot write {job.out}: {outdir_problem}"
-        if problem is not None or model is None:
-            on_event(Event("error", job.src, f"{job.src}: {problem or 'no model'}"))
+        if problem is not None:
+            on_event(Event("error", job.src, f"{job.src}: {problem}"))
             res.failed += 1
             continue
         progress, finish = progress_for(job) if progress_for is not None else (None, lambda: None)
         src = job.src
+
+        def warn(text: str, src: Path = src) -> None:
+            on_event(Event("warning", src, f"{src}: {text}"))
+
         try:
-            upscale_file(
-                job, model, opts, progress, lambda text, src=src: on_event(Event("warning", src, f"{src}: {text}"))
-            )
+            upscale_file(job, model, opts, progress, warn)
             on_event(Event("done", src, str(job.out)))
             res.done += 1
         except HBPNError as exc:
             text = str(exc)
             text = text if text.startswith(str(src)) else f"{src}: {text}"
-            on_event(Event("error", src, text, getattr(exc, "reason", None)))
+            on_event(Event("error", src, text, exc.reason if isinstance(exc, LimitError) else None))
             res.failed += 1
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory: next image
-            on_event(Event("error", job.src, f"{job.src}: {type(exc).__name__}: {exc}"))
+            on_event(Event("error", src, f"{src}: {type(exc).__name__}: {exc}"))
             res.failed += 1
         finally:
             finish()

@@ -18,9 +18,11 @@ never goes through the model: it is resized with the same bicubic, clipped to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from numbers import Real
 from typing import Any, TypeVar
 
@@ -40,7 +42,31 @@ ModelSource = HBPN | str | os.PathLike[str] | None
 Tile = int | str | None
 Progress = Callable[[int, int], None]
 
-__all__ = ["check_scale", "resolve_model", "target_size", "upscale", "upscale_picture", "upscale_with_maps"]
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How the network runs over an image: the keyword arguments of :func:`upscale` that every
+    front-end (``hbpn upscale``, ``hbpn eval``, training validation) passes the same way."""
+
+    tile: Tile = DEFAULT_TILE
+    tile_pad: int = DEFAULT_TILE_PAD
+    ensemble: bool = False
+    precision: str | None = "fp32"
+    batch: int = 1
+
+    def kwargs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+__all__ = [
+    "RunOptions",
+    "check_scale",
+    "resolve_model",
+    "target_size",
+    "upscale",
+    "upscale_picture",
+    "upscale_with_maps",
+]
 
 
 def check_scale(scale: Any) -> float:
@@ -66,7 +92,7 @@ def resolve_model(model: ModelSource, device: str | torch.device | None = None) 
     from hbpn.weights.store import load_model
 
     if isinstance(model, HBPN):
-        on = next(model.parameters()).device
+        on = model_device(model)
         want = None if device is None or device == "auto" else resolve_device(device)
         # "cuda" means whichever GPU: only an explicit index has to match (cuda:0 != cuda:1).
         if want is not None and (want.type != on.type or (want.index is not None and want.index != on.index)):

@@ -53,13 +53,27 @@ def gaussian_kernel(sigma_x: float, sigma_y: float, theta: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+def _convolve(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """Convolve each channel of a 3 x H x W float image with ``kernel`` (reflect border)."""
+    r = kernel.shape[0] // 2
+    x = F.pad(img[:, None], (r, r, r, r), mode="reflect" if min(img.shape[-2:]) > r else "replicate")
+    return F.conv2d(x, torch.from_numpy(kernel)[None, None])[:, 0]
+
+
 def blur(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
     """Convolve a 3 x H x W uint8 image with ``kernel`` (reflect border), keep uint8."""
-    x = img[:, None].float()
-    r = kernel.shape[0] // 2
-    x = F.pad(x, (r, r, r, r), mode="reflect" if min(img.shape[-2:]) > r else "replicate")
-    y = F.conv2d(x, torch.from_numpy(kernel)[None, None])
-    return y[:, 0].round_().clamp_(0, 255).to(torch.uint8)
+    return _convolve(img.float(), kernel).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def draw_kernel(rng: np.random.Generator, cfg: DegradeSection) -> np.ndarray | None:
+    """A blur kernel, anisotropic (``aniso_prob``) or else isotropic (``blur_prob``), or None."""
+    if cfg.aniso_prob > 0 and rng.random() < cfg.aniso_prob:
+        sx, sy = rng.uniform(*cfg.aniso_sigma, size=2)
+        return gaussian_kernel(float(sx), float(sy), float(rng.uniform(0, math.pi)))
+    if cfg.blur_prob > 0 and rng.random() < cfg.blur_prob:
+        sigma = float(rng.uniform(*cfg.blur_sigma))
+        return gaussian_kernel(sigma, sigma, 0.0)
+    return None
 
 
 def jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
@@ -82,14 +96,8 @@ def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, 
     if cfg.kind == "second_order":
         return degrade_second_order(hr, lr_hw, rng, cfg)
     h, w = hr.shape[-2:]
-    src = hr
-    if cfg.aniso_prob > 0 and rng.random() < cfg.aniso_prob:
-        sx, sy = rng.uniform(*cfg.aniso_sigma, size=2)
-        src = blur(src, gaussian_kernel(float(sx), float(sy), float(rng.uniform(0, math.pi))))
-    elif cfg.blur_prob > 0 and rng.random() < cfg.blur_prob:
-        sigma = float(rng.uniform(*cfg.blur_sigma))
-        src = blur(src, gaussian_kernel(sigma, sigma, 0.0))
-    lr = imresize(src, size=lr_hw)
+    kernel = draw_kernel(rng, cfg)
+    lr = imresize(hr if kernel is None else blur(hr, kernel), size=lr_hw)
     if cfg.noise_prob > 0 and rng.random() < cfg.noise_prob:
         sigma = float(rng.uniform(*cfg.noise_sigma))
         noise = torch.from_numpy(rng.standard_normal(tuple(lr.shape), dtype=np.float32))
@@ -117,17 +125,8 @@ def resize(img: torch.Tensor, hw: tuple[int, int], kernel: str) -> torch.Tensor:
 
 
 def _blur_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
-    if cfg.aniso_prob > 0 and rng.random() < cfg.aniso_prob:
-        sx, sy = rng.uniform(*cfg.aniso_sigma, size=2)
-        kernel = gaussian_kernel(float(sx), float(sy), float(rng.uniform(0, math.pi)))
-    elif cfg.blur_prob > 0 and rng.random() < cfg.blur_prob:
-        sigma = float(rng.uniform(*cfg.blur_sigma))
-        kernel = gaussian_kernel(sigma, sigma, 0.0)
-    else:
-        return img
-    r = kernel.shape[0] // 2
-    x = F.pad(img[:, None], (r, r, r, r), mode="reflect" if min(img.shape[-2:]) > r else "replicate")
-    return F.conv2d(x, torch.from_numpy(kernel)[None, None])[:, 0]
+    kernel = draw_kernel(rng, cfg)
+    return img if kernel is None else _convolve(img, kernel)
 
 
 def _noise_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:

@@ -20,8 +20,9 @@ import numpy as np
 
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import Pair, PairError, open_dataset
-from hbpn.eval.score import RunOptions, run_on_image
+from hbpn.eval.score import run_on_image
 from hbpn.model import HBPN
+from hbpn.pipeline.upscaling import RunOptions
 from hbpn.train.config import ValSection
 
 SSIM_WINDOW = 11  # hbpn.ops.metrics.ssim needs at least this many pixels each way after the crop

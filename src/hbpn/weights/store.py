@@ -105,7 +105,7 @@ def _weights_from_bytes(data: bytes, source: str) -> tuple[dict[str, Tensor], di
     return tensors, dict(header.get("__metadata__") or {})
 
 
-def _shape_facts(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
+def _shape_facts(state: Mapping[str, Tensor]) -> dict[str, Any]:
     """widths, stem_width, stages and unshuffle as the parameter shapes show them."""
     try:
         stem = state["stem.0.conv.weight"]
@@ -116,7 +116,7 @@ def _shape_facts(state: Mapping[str, Tensor], source: str) -> dict[str, Any]:
             i += 1
         stages = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"stages\.(\d+)\.", k)))
     except (KeyError, ValueError, IndexError) as exc:
-        raise WeightsError(f"{source + ': ' if source else ''}not an HBPN state dict (cannot find {exc})") from None
+        raise WeightsError(f"not an HBPN state dict (cannot find {exc})") from None
     # the stem sees the image and its YCbCr copy (6 channels) per pixel of an unshuffle x unshuffle block
     unshuffle = round((int(stem.shape[1]) // 6) ** 0.5)
     return {"widths": tuple(widths), "stem_width": int(stem.shape[0]), "stages": stages, "unshuffle": unshuffle}
@@ -129,7 +129,7 @@ def config_from_state_dict(state: Mapping[str, Tensor]) -> HBPNConfig:
     is accepted (the Caffe graph has no residual); any other shape needs a file
     with its config in the metadata, as :func:`save_weights` writes.
     """
-    cfg = HBPNConfig(**_shape_facts(state, ""))
+    cfg = HBPNConfig(**_shape_facts(state))
     if cfg != PRESETS["paper"]:
         raise WeightsError(
             "weights without a model config in their metadata, and not the paper's shape: whether the network "
@@ -170,7 +170,7 @@ def check_config(cfg: HBPNConfig, tensors: Mapping[str, Tensor], source: str = "
     otherwise allocate gigabytes before the shapes are compared.
     """
     try:
-        facts = _shape_facts(tensors, "")
+        facts = _shape_facts(tensors)
     except WeightsError as exc:
         raise WeightsError(f"{source}: weights do not fit an HBPN: missing tensors ({exc})") from None
     for name, value in facts.items():

@@ -59,3 +59,16 @@ def test_layer_speed_runs() -> None:
     out = _run("layer_speed.py", "--preset", "tiny", "--size", "32", "--threads", "1", "--top", "3")
     layers = [line for line in out.splitlines() if line.startswith(("conv ", "deconv "))]
     assert "GFLOP/s overall" in out and len(layers) == 3  # --top 3
+
+
+def test_cpu_vs_peers_runs_or_says_how_to_get_spandrel() -> None:
+    import importlib.util
+
+    args = ("cpu_vs_peers.py", "--threads", "1", "--size", "32", "--rounds", "1")
+    if importlib.util.find_spec("spandrel") is None:  # not a test dependency: the script must say what to install
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, *args], cwd=BENCH, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode != 0 and "pip install --no-deps spandrel einops" in done.stderr
+        return
+    out = _run(*args)
+    assert "fp32 matmul peak" in out and all(name in out for name in ("hbpn default", "SPAN fp32", "SAFMN fp32"))

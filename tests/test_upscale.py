@@ -178,7 +178,7 @@ def test_ensemble_is_mean_of_eight_passes(model: HBPN) -> None:
                 y = torch.rot90(y, -k, (-2, -1))
                 expected += torch.flip(y, (-1,)) if flip else y
     expected = (expected / 8).clamp(0, 1)
-    got = upscale(x, 1, model, tile=0, ensemble=True)
+    got = upscale(x, 1, model, tile=0, ensemble=True, precision="fp32")
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, upscale(x, 1, model, tile=0), atol=1e-4)
 
@@ -218,7 +218,8 @@ def test_compile_model_matches_eager(model: HBPN) -> None:
 def test_auto_tile(model: HBPN) -> None:
     per_px = {name: activation_bytes_per_pixel(get_preset(name)) for name in ("tiny", "small", "paper")}
     assert per_px["tiny"] < per_px["small"] < per_px["paper"]
-    assert activation_bytes_per_pixel(get_preset("tiny"), "fp16") == pytest.approx(per_px["tiny"] / 2, rel=0.05)
+    # an fp16 trunk halves the trunk's maps; the full-resolution residual and WR blend stay fp32
+    assert 0.5 * per_px["tiny"] < activation_bytes_per_pixel(get_preset("tiny"), "fp16") < 0.7 * per_px["tiny"]
     cpu = torch.device("cpu")
     small = auto_tile(model, cpu, (4000, 4000), free_bytes=256 * 2**20)
     assert 64 <= small < 4000 and small % model.cfg.multiple == 0

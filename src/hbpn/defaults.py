@@ -20,5 +20,9 @@ DEFAULT_TILE_PAD = 16
 MIN_TILE = 32
 #: JPEG/WebP quality of written images.
 DEFAULT_QUALITY = 95
-#: ``--precision`` names (hbpn.device.PRECISIONS maps them to dtypes).
+#: Arithmetic names with a dtype (hbpn.device.PRECISIONS maps them; ``hbpn export --precision``).
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
+#: ``--precision`` choices where the network runs: ``auto`` picks one of the others
+#: for the device (hbpn.device.resolve_precision), and is the default.
+RUN_PRECISIONS = ("auto", *PRECISION_NAMES)
+DEFAULT_PRECISION = "auto"

@@ -215,8 +215,12 @@ class HBPN(nn.Module):
         h, w = x.shape[-2:]
         m = cfg.multiple
         x = F.pad(x, (0, -w % m, 0, -h % m), mode="replicate") if (h % m or w % m) else x
-        ycc = F.conv2d(x, self.ycc_weight, self.ycc_bias)
-        data = F.pixel_unshuffle(torch.cat([x, ycc], 1), cfg.unshuffle)  # Concat_data
+        # The trunk runs in its weights' dtype (bf16 weights: bf16 activations); the
+        # global residual and the WR blend stay in the input's dtype, so a bf16 trunk
+        # does not round the full-resolution image to 8 bits of mantissa.
+        xt = x.to(self.ycc_weight.dtype)
+        ycc = F.conv2d(xt, self.ycc_weight, self.ycc_bias)
+        data = F.pixel_unshuffle(torch.cat([xt, ycc], 1), cfg.unshuffle)  # Concat_data
         feat = self.stem(data)
         skip_src, fused = data, [feat]  # stage 1 fuses with the stem's output
         enc = dec = None
@@ -227,9 +231,9 @@ class HBPN(nn.Module):
             feat = f + stage.input_skip(skip_src)  # SR_concate_s*
             fused = [f] if k == 0 else [*fused, f]
             skip_src = feat
-            sr = F.pixel_shuffle(stage.sr_head(feat), cfg.unshuffle)
+            sr = F.pixel_shuffle(stage.sr_head(feat), cfg.unshuffle).to(x.dtype)
             srs.append(sr + x if cfg.global_residual else sr)
-            maps.append(F.pixel_shuffle(stage.map_head(feat), cfg.unshuffle))
+            maps.append(F.pixel_shuffle(stage.map_head(feat), cfg.unshuffle).to(x.dtype))
         weights = torch.softmax(torch.cat(maps, 1), dim=1)  # the WR block
         image = sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs))
         return HBPNOutput(image[..., :h, :w], [s[..., :h, :w] for s in srs], weights[..., :h, :w])

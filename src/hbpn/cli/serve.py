@@ -8,7 +8,7 @@ import socket
 import sys
 
 from hbpn.cli._args import tile, whole_number
-from hbpn.defaults import DEFAULT_TILE, PRECISION_NAMES
+from hbpn.defaults import DEFAULT_PRECISION, DEFAULT_TILE, RUN_PRECISIONS
 
 DEFAULT_PORT = 8000
 
@@ -72,7 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=f"tile edge in output pixels, 0 for whole images, or 'auto' to fit free memory (default: {DEFAULT_TILE})",
     )
     p.add_argument(
-        "--precision", choices=PRECISION_NAMES, default=None, help="arithmetic on the device (default: fp32)"
+        "--precision",
+        choices=RUN_PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="arithmetic on the device; auto: bf16 on a CPU with native bf16 units, else fp32 (default: auto)",
     )
     p.add_argument(
         "--log-level",

@@ -161,7 +161,7 @@ _HINTS = {
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from hbpn.device import compile_model
+    from hbpn.device import compile_model, inference_model, model_device, precision_note, resolve_precision
     from hbpn.errors import HBPNError
     from hbpn.io.images import expand_inputs
     from hbpn.pipeline.batch import (
@@ -201,8 +201,12 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_outputs(files, outdir, output_suffix(args.scale, args.suffix), args.ext, args.save_maps)[rank::world]
     problem = folder_problem(outdir)
     model = load_model(args.model, device=_device(args.device, world)) if plan else None
-    if model is not None and args.compile:
-        compile_model(model)
+    if model is not None:
+        note = precision_note(resolve_precision(args.precision, model_device(model)), model_device(model))
+        if note and rank == 0:
+            say("note", note)
+        if args.compile:  # compile the network that will run (on a CPU: the bf16/fp32 channels-last copy)
+            model = compile_model(inference_model(model, args.precision)[0])
     run_opts = RunOptions(
         tile=args.tile, tile_pad=args.tile_pad, ensemble=args.ensemble, precision=args.precision, batch=args.batch
     )

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from hbpn.defaults import DEFAULT_TILE_PAD
+from hbpn.defaults import DEFAULT_PRECISION, DEFAULT_TILE_PAD
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import DataSet, PairError, open_dataset
 from hbpn.model import HBPN
@@ -243,7 +243,7 @@ def evaluate(
     samples: int = 3,
     progress: Progress | None = None,
     tile_pad: int = DEFAULT_TILE_PAD,
-    precision: str | None = None,
+    precision: str | None = DEFAULT_PRECISION,
     batch: int = 1,
 ) -> EvalReport:
     """Score ``model`` (None: bicubic only) on every data set at every scale.

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from hbpn.config import HBPNConfig
 from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
-from hbpn.device import PRECISIONS
+from hbpn.device import PRECISIONS, model_device, resolve_precision
 from hbpn.model import HBPN
 from hbpn.pipeline.tiling import tile_passes
 
@@ -62,10 +62,12 @@ def activation_bytes_per_pixel(cfg: HBPNConfig, precision: str | None = None) ->
             return out
 
     size = 8 * cfg.multiple
+    # "auto" (not resolved for a device here) counts as fp32, the larger
     dtype = PRECISIONS.get(precision or "fp32", torch.float32)
     model = HBPN(cfg).to(device="meta", dtype=dtype).eval()
     with torch.no_grad(), _Peak() as probe:
-        model(torch.zeros(1, 3, size, size, device="meta", dtype=dtype))
+        # the pipeline's input is fp32 whatever the trunk's dtype (the residual and WR blend run in it)
+        model(torch.zeros(1, 3, size, size, device="meta", dtype=torch.float32))
     return probe.peak / (size * size)
 
 
@@ -162,7 +164,7 @@ def auto_tile(
     free = free_memory(device) if free_bytes is None else free_bytes
     if free is None:
         return DEFAULT_TILE
-    per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
+    per_px = activation_bytes_per_pixel(model.cfg, resolve_precision(precision, device)) * MEMORY_SLACK
     edge = int(math.sqrt(max(free, 0) * MEMORY_SHARE / per_px / batch))
     if image_hw[0] * image_hw[1] <= edge * edge:
         return 0
@@ -195,10 +197,10 @@ def memory_needed(
     per_pixel = IMAGE_BYTES_PER_PIXEL + (MAP_BYTES_PER_PIXEL + MAP_BYTES_PER_STAGE * model.cfg.stages if maps else 0)
     full = h * w * per_pixel
     if tile == "auto":
-        tile = auto_tile(model, next(model.parameters()).device, image_hw, precision=precision, batch=batch)
+        tile = auto_tile(model, model_device(model), image_hw, precision=precision, batch=batch)
     edge = int(tile or max(h, w))  # type: ignore[arg-type]
     m = model.cfg.multiple
     th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
-    per_px = activation_bytes_per_pixel(model.cfg, precision) * MEMORY_SLACK
+    per_px = activation_bytes_per_pixel(model.cfg, resolve_precision(precision, model_device(model))) * MEMORY_SLACK
     passes = tile_passes(image_hw, int(tile or 0), tile_pad, m, ensemble)
     return int(full + per_px * th * tw * min(batch, passes))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
-from hbpn.device import autocast, is_compiled
+from hbpn.device import autocast, inference_model, is_compiled
 from hbpn.model import HBPN
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_TILE_PAD", "run_model", "tile_passes"]
@@ -27,10 +27,10 @@ def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], T
 
             def fwd(t: Tensor, k: int = k, flip: bool = flip) -> Tensor:
                 t = torch.flip(t, (-1,)) if flip else t
-                return torch.rot90(t, k, (-2, -1))
+                return torch.rot90(t, k, (-2, -1)) if k else t  # rot90 by 0 still copies
 
             def inv(t: Tensor, k: int = k, flip: bool = flip) -> Tensor:
-                t = torch.rot90(t, -k, (-2, -1))
+                t = torch.rot90(t, -k, (-2, -1)) if k else t
                 return torch.flip(t, (-1,)) if flip else t
 
             out.append((fwd, inv))
@@ -117,11 +117,14 @@ def run_model(
     (:func:`compile_model`) gets every batch of an image at the same size, the
     last one topped up with copies, so that one graph serves them all.
     ``progress(done, total)`` is called after each batch, counting tile passes.
-    ``precision`` (``"fp16"``, ``"bf16"``) runs the network under autocast;
-    blending stays fp32.
+    ``precision``: ``"auto"``, ``"fp32"`` (also None), ``"fp16"`` or ``"bf16"``,
+    as :func:`hbpn.device.inference_model` runs them (on a CPU, a bf16 or fp32
+    channels-last copy of the model; elsewhere autocast); the global residual,
+    the WR blend and the tile blending stay fp32.
     """
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    net, amp = inference_model(model, precision)
     b, _, h, w = x.shape
     tile = tile or max(h, w)
     if tile <= 2 * tile_pad:  # no room left between the overlaps: shrink them
@@ -133,12 +136,18 @@ def run_model(
     if (ph, pw) != (h, w):
         x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
     tfs = _transforms() if ensemble else _transforms()[:1]
+    views = [(y0, x0, k) for y0 in ys for x0 in xs for k in range(len(tfs))]
+    if len(views) == 1:  # one whole-image pass: nothing to blend
+        with autocast(x.device, amp):
+            res = net.forward_all(x)
+        if progress is not None:
+            progress(1, 1)
+        return res.image.float()[..., :h, :w], (res.weights.float()[..., :h, :w] if maps else None)
     wy = {y0: _window(th, tile_pad, y0 == 0, y0 + th >= ph, x.device) for y0 in ys}
     wx = {x0: _window(tw, tile_pad, x0 == 0, x0 + tw >= pw, x.device) for x0 in xs}
     out = torch.zeros(b, 3, ph, pw, device=x.device, dtype=torch.float32)
     out_maps = torch.zeros(b, model.cfg.stages, ph, pw, device=x.device, dtype=torch.float32) if maps else None
     norm = torch.zeros(1, 1, ph, pw, device=x.device, dtype=torch.float32)
-    views = [(y0, x0, k) for y0 in ys for x0 in xs for k in range(len(tfs))]
     chunks = _batches(views, batch, th != tw)
     # never more than the image has passes: a one-tile image is not run 4 times over
     full = max(map(len, chunks)) if is_compiled(model) else 0
@@ -146,8 +155,8 @@ def run_model(
     for chunk in chunks:
         inputs = [tfs[k][0](x[..., y0 : y0 + th, x0 : x0 + tw]) for y0, x0, k in chunk]
         inputs += inputs[-1:] * max(full - len(chunk), 0)
-        with autocast(x.device, precision):
-            res = model.forward_all(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+        with autocast(x.device, amp):
+            res = net.forward_all(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
         for i, (y0, x0, k) in enumerate(chunk):
             inv, part = tfs[k][1], slice(i * b, (i + 1) * b)
             region = (..., slice(y0, y0 + th), slice(x0, x0 + tw))

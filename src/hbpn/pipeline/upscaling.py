@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from hbpn.defaults import DEFAULT_PRECISION
 from hbpn.device import model_device
 from hbpn.io.images import Picture, from_pil, to_pil
 from hbpn.model import HBPN
@@ -51,7 +52,7 @@ class RunOptions:
     tile: Tile = DEFAULT_TILE
     tile_pad: int = DEFAULT_TILE_PAD
     ensemble: bool = False
-    precision: str | None = "fp32"
+    precision: str | None = DEFAULT_PRECISION
     batch: int = 1
 
     def kwargs(self) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def upscale_picture(
     tile_pad: int = DEFAULT_TILE_PAD,
     ensemble: bool = False,
     device: str | torch.device | None = None,
-    precision: str | None = None,
+    precision: str | None = DEFAULT_PRECISION,
     progress: Progress | None = None,
     maps: bool = False,
     batch: int = 1,
@@ -230,7 +231,7 @@ def upscale_with_maps(
     tile_pad: int = DEFAULT_TILE_PAD,
     ensemble: bool = False,
     device: str | torch.device | None = None,
-    precision: str | None = None,
+    precision: str | None = DEFAULT_PRECISION,
     progress: Progress | None = None,
     batch: int = 1,
 ) -> tuple[ImageT, Tensor]:
@@ -264,7 +265,7 @@ def upscale(
     tile_pad: int = DEFAULT_TILE_PAD,
     ensemble: bool = False,
     device: str | torch.device | None = None,
-    precision: str | None = None,
+    precision: str | None = DEFAULT_PRECISION,
     progress: Progress | None = None,
     batch: int = 1,
 ) -> ImageT:
@@ -285,7 +286,9 @@ def upscale(
         tile_pad: overlap on each side of a tile (blended smoothly).
         ensemble: x8 geometric self-ensemble (8 times slower, a little better).
         device: where to run when ``model`` is loaded here (default: best available).
-        precision: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"`` (autocast).
+        precision: ``"auto"`` (default: bf16 on a CPU with native bf16 units,
+            fp32 elsewhere; :func:`hbpn.device.resolve_precision`), ``"fp32"``
+            (or None), ``"fp16"`` or ``"bf16"``.
         progress: called as ``progress(done, total)`` after each batch of tile
             passes (a tile, or with ``ensemble`` one orientation of a tile).
         batch: tile passes per forward of the network; more than 1 can use

@@ -37,6 +37,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hbpn import __version__
+from hbpn.defaults import DEFAULT_PRECISION
 from hbpn.errors import HBPNError
 from hbpn.model import HBPN
 from hbpn.serve.jobs import (
@@ -180,7 +181,7 @@ def create_app(
     limits: ServeLimits | None = None,
     *,
     tile: int | str | None = None,
-    precision: str | None = None,
+    precision: str | None = DEFAULT_PRECISION,
     allowed_hosts: Iterable[str] = LOCAL_HOSTS,
 ) -> FastAPI:
     """The service for ``models`` (name -> loaded HBPN; the first is the default).

@@ -78,7 +78,7 @@ def evaluate(model: HBPN, valset: ValSet, tile: int) -> tuple[dict[str, float], 
     psnrs, ssims, first = [], [], None
     try:
         for item in valset.images:
-            out, _ = run_on_image(model, item.lr, item.scale, RunOptions(tile=tile))
+            out, _ = run_on_image(model, item.lr, item.scale, RunOptions(tile=tile, precision="fp32"))
             first = out if first is None else first
             psnrs.append(float(psnr(out, item.hr, crop=valset.crop, y_only=valset.y_only)))
             ssims.append(float(ssim(out, item.hr, crop=valset.crop, y_only=valset.y_only)))

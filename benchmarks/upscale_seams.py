@@ -11,6 +11,13 @@ drawn at random, the heads too: a pessimistic case).
     python benchmarks/upscale_seams.py --preset small --steps 100
     python benchmarks/upscale_seams.py --model default --tiles 256:16   # the shipped model
     python benchmarks/upscale_seams.py --model default --mosaic 3 --tiles 1024:16,1024:32   # 1536 px
+    python benchmarks/upscale_seams.py --model default --edge-profile   # how far the network sees
+
+``--edge-profile`` measures the network's effective reach: it runs the left half
+(5/8) of the image as if it were a tile (cut at a multiple of the model's padding
+unit) and prints, for each distance from the cut, the largest and mean
+difference from the whole-image output. Tile overlaps must cover the distance
+where that falls below what a seam may show.
 """
 
 from __future__ import annotations
@@ -59,6 +66,22 @@ def randomize(model: HBPN) -> None:
             m.weight.data.mul_(0.5)
 
 
+def edge_profile(name: str, model: HBPN, x: torch.Tensor) -> None:
+    """Difference from the whole-image output against distance from a tile's cut edge."""
+    m = model.cfg.multiple
+    cut = x.shape[-1] * 5 // 8 // m * m  # not on a joint of the mirrored mosaic
+    ref, _ = run_model(model, x, tile=0)
+    part, _ = run_model(model, x[..., :cut].contiguous(), tile=0)
+    diff = (part - ref[..., :cut]).abs()[0].amax(0) * 255  # (H, cut): worst channel, 8-bit levels
+    by_distance = diff.flip(-1)  # column d: d pixels in from the cut
+    print(f"{name}: cut at column {cut} of {x.shape[-1]} (the model's unit is {m} px); |diff| in 8-bit levels")
+    print("distance from the cut   max     mean    (rows: all)")
+    for d in (0, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192):
+        if d < cut:
+            col = by_distance[:, d]
+            print(f"{d:>20d}  {col.max():6.2f}  {col.mean():7.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
@@ -71,6 +94,7 @@ def main() -> None:
         default=1,
         help="use an N x N mirrored mosaic of the astronaut (N x 512 px), for large tiles (default 1)",
     )
+    ap.add_argument("--edge-profile", action="store_true", help="print the difference against distance from a cut")
     args = ap.parse_args()
 
     from skimage import data
@@ -100,6 +124,10 @@ def main() -> None:
         """PSNR (dB) against the HR image: Y channel, 4-px border shaved, 8-bit, as in hbpn eval."""
         return psnr(to_uint8(t), to_uint8(hr), crop=4)
 
+    if args.edge_profile:
+        for name, model in models:
+            edge_profile(name, model.eval(), lr_up)
+        return
     print(f"bicubic input: {y_psnr(lr_up):.3f} dB (Y, against the HR image)")
     print("model   tile  pad  mean|diff|  (8-bit levels)  max|diff| (levels)  PSNR dB")
     for name, model in models:

@@ -37,17 +37,32 @@ def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], T
     return out
 
 
-def _window(n: int, pad: int, lo_edge: bool, hi_edge: bool, device: torch.device) -> Tensor:
-    """1-D blending weights of length n: a raised-cosine ramp of ``2 * pad`` on inner sides."""
-    w = torch.ones(n, device=device)
-    ramp = min(2 * pad, n // 2)
-    if ramp > 0:
-        r = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(ramp, device=device) + 0.5) / ramp)
-        if not lo_edge:
-            w[:ramp] = r
-        if not hi_edge:
-            w[n - ramp :] = torch.flip(r, (0,))
-    return w
+def _ramp(n: int, device: torch.device) -> Tensor:
+    """A raised-cosine rise of length ``n``; with its mirror image it sums to exactly 1."""
+    return 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(n, device=device) + 0.5) / n)
+
+
+def _windows(n: int, starts: list[int], device: torch.device) -> dict[int, Tensor]:
+    """1-D blending weights of each tile of length ``n`` at ``starts``, by start.
+
+    Each tile rises over the whole of its overlap with the previous tile and
+    falls over the whole overlap with the next: the further from its cut edge,
+    the more a tile's pixel counts, and the two ramps of an overlap sum to 1. The
+    network's output differs from the whole image's most at a cut and fades over
+    about 128 px (``benchmarks/upscale_seams.py --edge-profile``), so the whole
+    overlap is used, not only ``2 * tile_pad`` of it.
+    """
+    out = {}
+    for i, s in enumerate(starts):
+        w = torch.ones(n, device=device)
+        if i > 0:
+            lo = min(starts[i - 1] + n - s, n // 2)
+            w[:lo] = _ramp(lo, device)
+        if i + 1 < len(starts):
+            hi = min(s + n - starts[i + 1], n // 2)
+            w[n - hi :] = torch.flip(_ramp(hi, device), (0,))
+        out[s] = w
+    return out
 
 
 def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[int]]:
@@ -143,8 +158,7 @@ def run_model(
         if progress is not None:
             progress(1, 1)
         return res.image.float()[..., :h, :w], (res.weights.float()[..., :h, :w] if maps else None)
-    wy = {y0: _window(th, tile_pad, y0 == 0, y0 + th >= ph, x.device) for y0 in ys}
-    wx = {x0: _window(tw, tile_pad, x0 == 0, x0 + tw >= pw, x.device) for x0 in xs}
+    wy, wx = _windows(th, ys, x.device), _windows(tw, xs, x.device)
     out = torch.zeros(b, 3, ph, pw, device=x.device, dtype=torch.float32)
     out_maps = torch.zeros(b, model.cfg.stages, ph, pw, device=x.device, dtype=torch.float32) if maps else None
     norm = torch.zeros(1, 1, ph, pw, device=x.device, dtype=torch.float32)

@@ -422,13 +422,16 @@ def test_cli_builds_the_app_and_runs_uvicorn(weights: Path, monkeypatch: pytest.
     seen = {}
 
     def fake_run(self, sockets):  # do not serve: check what would be served, and where
-        seen.update(app=self.config.app, address=sockets[0].getsockname())
+        seen.update(app=self.config.app, address=sockets[0].getsockname(), http=self.config.http)
 
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     argv = ["serve", "-m", str(weights), "--port", "0", "--queue", "0", "--max-pixels", "300", "--tile", "0"]
     assert main(argv) == 0
     host, port = seen["address"]
     assert host == "127.0.0.1" and port > 0
+    from hbpn.serve.protocol import HeaderDeadline
+
+    assert issubclass(seen["http"], HeaderDeadline)  # the header deadline and JSON 400s, not plain uvicorn
     assert f"http://127.0.0.1:{port}/" in capsys.readouterr().err
     with TestClient(seen["app"], base_url=f"http://127.0.0.1:{port}") as c:
         assert c.get("/api/health", headers={"host": "evil.example"}).status_code == 400

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
         from hbpn.serve.app import LOCAL_HOSTS, create_app
         from hbpn.serve.jobs import ServeLimits, load_models
+        from hbpn.serve.protocol import server_config
     except ModuleNotFoundError as exc:
         raise HBPNError(f"hbpn serve needs {exc.name}: pip install 'hbpn[serve]'") from None
 
@@ -142,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if args.host in ("0.0.0.0", "::"):
         url_host = "127.0.0.1"  # every address: the loopback one works from here
     print(f"hbpn serve: models {', '.join(models)}; open http://{url_host}:{port}/", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=port, log_level=args.log_level))
+    config = server_config(app, host=args.host, port=port, log_level=args.log_level)
+    server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
     finally:

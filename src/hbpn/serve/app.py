@@ -19,30 +19,33 @@ one job per model at a time, so the event loop stays responsive.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from importlib import resources
-from typing import Annotated, Any
-from urllib.parse import urlsplit
+from typing import Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hbpn import __version__
 from hbpn.defaults import DEFAULT_PRECISION
 from hbpn.errors import HBPNError
 from hbpn.model import HBPN
+from hbpn.serve.guards import BODY_TAIL, FORM_OVERHEAD, BodyGuard, SameOrigin, host_patterns
 from hbpn.serve.jobs import (
     MAX_SCALE,
     MIN_SCALE,
+    JobCancelled,
     JobError,
     ModelSlot,
     ServeLimits,
@@ -53,8 +56,6 @@ from hbpn.serve.jobs import (
 
 log = logging.getLogger("hbpn.serve.app")
 
-#: Room for the multipart framing and the small fields around the file.
-_FORM_OVERHEAD = 64 * 1024
 _STATIC = {"app.js": "text/javascript", "style.css": "text/css", "index.html": "text/html"}
 # The page needs nothing from elsewhere; say so to the browser as well.
 _PAGE_HEADERS = {
@@ -63,100 +64,37 @@ _PAGE_HEADERS = {
 }
 #: The names this machine answers to itself: what a local service accepts in Host.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-class _BodyLimit:
-    """Refuse request bodies over ``max_bytes`` before they are parsed or spooled to disk.
-
-    Checks Content-Length first, then counts what actually arrives (chunked
-    uploads have no length). Raising an HTTPException from ``receive`` makes
-    FastAPI answer 413 instead of its generic "error parsing the body".
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> StarletteHTTPException:
-        limit = self.max_bytes - _FORM_OVERHEAD
-        return StarletteHTTPException(413, f"the upload is over this server's limit of {limit} bytes")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            exc = self._too_large()
-            await JSONResponse({"detail": exc.detail}, status_code=413, headers={"Connection": "close"})(
-                scope, receive, send
-            )
-            return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._too_large()
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-def _origin_key(scheme: str, netloc: str) -> tuple[str, str, int | None] | None:
-    """(scheme, host, port) with the default port filled in; None where ``netloc`` is not host[:port]."""
-    try:
-        parts = urlsplit(f"//{netloc}")
-        host, port = parts.hostname, parts.port  # .port raises on a bad one
-    except ValueError:
-        return None
-    if not host or parts.username is not None or parts.path or parts.query or parts.fragment:
-        return None
-    scheme = scheme.lower()
-    return scheme, host, port if port is not None else _DEFAULT_PORTS.get(scheme)
-
-
-class _SameOrigin:
-    """Answer 403 to a POST (or other unsafe method) whose Origin header is not this server's.
-
-    Browsers send Origin on every cross-site POST, including plain HTML forms,
-    which need no CORS permission to be sent; so without this check any web
-    page could make a visitor's browser use a service on their 127.0.0.1.
-    Clients that send no Origin (curl, scripts) are not browsers acting for a
-    page, and pass. "This server" is the scheme and the Host header, which the
-    host check has already vetted.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        origin = headers.get("origin")
-        if origin is not None:
-            own = _origin_key(scope.get("scheme", "http"), headers.get("host", ""))
-            scheme, sep, netloc = origin.partition("://")  # "null" (sandboxed pages, file:) has none
-            if own is None or not sep or _origin_key(scheme, netloc) != own:
-                server = f"{scope.get('scheme', 'http')}://{headers.get('host', '?')}"
-                message = f"cross-origin request refused: Origin {origin} is not this server ({server})"
-                await JSONResponse({"detail": message}, status_code=403)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _host_patterns(hosts: Iterable[str]) -> list[str]:
-    """Host names as the Host header carries them: an IPv6 address in brackets."""
-    if isinstance(hosts, str):  # one name, not its letters
-        hosts = [hosts]
-    return [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in hosts]
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+#: The upload form, described by hand: the endpoint parses it itself (to admit a request before
+#: reading its body, and to tell a malformed upload from a missing field).
+_FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "PNG, JPEG, WebP, BMP, TIFF"},
+                        "scale": {"type": "number", "minimum": MIN_SCALE, "maximum": MAX_SCALE, "default": 4.0},
+                        "model": {"type": "string", "description": "model name (GET /api/health lists them)"},
+                        "ensemble": {"type": "boolean", "default": False, "description": "x8 self-ensemble"},
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [
+        {
+            "name": "model",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "the model, named before the upload: a busy model answers 503 before the body is sent",
+        }
+    ],
+}
 
 
 def _static(name: str) -> bytes:
@@ -207,9 +145,14 @@ def create_app(
         redoc_url=None,
     )
     # The last added runs first: the Host, then the Origin, then the body size.
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_upload_bytes + _FORM_OVERHEAD)
-    app.add_middleware(_SameOrigin)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=_host_patterns(allowed_hosts), www_redirect=False)
+    app.add_middleware(
+        BodyGuard,
+        max_bytes=limits.max_upload_bytes + FORM_OVERHEAD,
+        min_rate=limits.min_upload_rate,
+        grace=limits.upload_grace,
+    )
+    app.add_middleware(SameOrigin)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(allowed_hosts), www_redirect=False)
 
     @app.exception_handler(RequestValidationError)
     async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -256,71 +199,166 @@ def create_app(
         "/api/upscale",
         summary="Upscale one image",
         response_class=Response,
+        openapi_extra=_FORM_SCHEMA,
         responses={
             200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}, "description": "the result"},
-            400: {"description": "empty, damaged or non-image upload"},
+            400: {"description": "empty, damaged or non-image upload, or a malformed request"},
+            408: {"description": "the upload arrived too slowly"},
             413: {"description": "upload over the byte or pixel limit"},
             422: {"description": "bad scale, unknown model or missing field"},
             503: {"description": "the model's queue is full; see Retry-After"},
         },
     )
-    async def upscale_endpoint(
-        image: Annotated[UploadFile, File(description="the image (PNG, JPEG, WebP, BMP, TIFF, GIF)")],
-        scale: Annotated[
-            float, Form(ge=MIN_SCALE, le=MAX_SCALE, allow_inf_nan=False, description="output size / input size")
-        ] = 4.0,
-        model: Annotated[str | None, Form(description="model name (GET /api/health lists them)")] = None,
-        ensemble: Annotated[bool, Form(description="x8 self-ensemble: a little better, 8 times slower")] = False,
-    ) -> Response:
-        name = model or default_model
+    async def upscale_endpoint(request: Request) -> Response:
+        # Admit before reading the body where the model is known (query) or every model is busy:
+        # a burst turned away with 503 must not upload, nor hold its uploads in memory meanwhile.
+        early = request.query_params.get("model")
+        entered: ModelSlot | None = None
+        try:
+            if early:
+                slot = _slot(early)
+                slot.enter()
+                entered = slot
+            elif all(s.full() for s in slots.values()):
+                slots[default_model].enter()  # raises its 503 (unless a place opened just now)
+                slots[default_model].leave()
+            image, scale, name, ensemble = _fields(await _read_form(request), early)
+            if entered is None:
+                slot = _slot(name)
+                slot.enter()
+                entered = slot
+        except BaseException:
+            if entered is not None:
+                entered.leave()
+            raise
+        try:
+            return await _run(request, entered, image, scale, ensemble)
+        finally:
+            entered.leave()
+
+    def _slot(name: str) -> ModelSlot:
         slot = slots.get(name)
         if slot is None:
             raise JobError(422, f"model: unknown model {name!r}; this server offers {', '.join(slots)}")
+        return slot
+
+    def _fields(form: FormData, early: str | None) -> tuple[UploadFile, float, str, bool]:
+        image = form.get("image")
+        if not isinstance(image, UploadFile):
+            raise JobError(422, "image: a file is required (multipart field 'image')")
         if image.size is not None and image.size > limits.max_upload_bytes:
             raise JobError(
                 413, f"{image.filename}: the upload is over this server's limit of {limits.max_upload_bytes} bytes"
             )
+        name = form.get("model") or early or default_model
+        if not isinstance(name, str) or (early and name != early):
+            raise JobError(422, f"model: the query names {early!r} but the form names {name!r}")
+        return image, _number(form.get("scale", "4")), name, _flag(form.get("ensemble", "false"))
+
+    async def _run(request: Request, slot: ModelSlot, image: UploadFile, scale: float, ensemble: bool) -> Response:
         stem = _safe_stem(image.filename)
         kwargs: dict[str, Any] = {"ensemble": ensemble, "precision": precision}
         if tile is not None:
             kwargs["tile"] = tile
-        # Admit first: a burst turned away with 503 must not hold its uploads in memory meanwhile.
-        slot.enter()
+        start = time.perf_counter()
+        data = await image.read(limits.max_upload_bytes + 1)
+        cancel = threading.Event()
+        watcher = asyncio.create_task(_watch(request, cancel))
         try:
-            start = time.perf_counter()
-            data = await image.read(limits.max_upload_bytes + 1)
             body, media, ext, in_size, out_size = await run_in_threadpool(
-                _job, slot, data, scale, limits, image.filename or "upload", kwargs
+                _job, slot, data, scale, limits, image.filename or "upload", kwargs, cancel
             )
-            took = time.perf_counter() - start
+        except JobCancelled:
+            log.info("%s: the client went away; its job was dropped", image.filename or "upload")
+            return JSONResponse({"detail": "the client closed the request"}, status_code=499)
         finally:
-            slot.leave()
+            cancel.set()
+            watcher.cancel()
         return Response(
             body,
             media_type=media,
             headers={
                 "Content-Disposition": f'inline; filename="{stem}_x{scale:g}.{ext}"',
-                "X-HBPN-Model": name,
+                "X-HBPN-Model": slot.name,
                 "X-HBPN-Scale": f"{scale:g}",
                 "X-HBPN-Input-Size": f"{in_size[0]}x{in_size[1]}",
                 "X-HBPN-Output-Size": f"{out_size[0]}x{out_size[1]}",
-                "X-HBPN-Seconds": f"{took:.3f}",
+                "X-HBPN-Seconds": f"{time.perf_counter() - start:.3f}",
             },
         )
 
     return app
 
 
+async def _read_form(request: Request) -> FormData:
+    """The multipart form, or a 400 naming what is wrong with it."""
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except MultiPartException as exc:
+        raise JobError(400, f"malformed multipart upload: {exc.message}") from None
+    kind, _, params = request.headers.get("content-type", "").partition(";")
+    boundary = dict(p.strip().split("=", 1) for p in params.split(";") if "=" in p).get("boundary", "").strip('"')
+    if kind.strip().lower() == "multipart/form-data" and boundary:
+        tail = request.scope.get("state", {}).get(BODY_TAIL, b"")
+        if not tail.rstrip(b"\r\n").endswith(b"--" + boundary.encode("latin-1") + b"--"):
+            raise JobError(400, "malformed multipart upload: it ends without its closing boundary (cut short?)")
+    return form
+
+
+def _number(raw: object) -> float:
+    """The ``scale`` field: a number from MIN_SCALE to MAX_SCALE (an empty field is not the default)."""
+    text = raw.strip() if isinstance(raw, str) else ""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and MIN_SCALE <= value <= MAX_SCALE):
+        raise JobError(422, f"scale: must be a number from {MIN_SCALE:g} to {MAX_SCALE:g}, got {str(raw)[:40]!r}")
+    return value
+
+
+def _flag(raw: object) -> bool:
+    text = raw.strip().lower() if isinstance(raw, str) else ""
+    if text not in _TRUE + _FALSE:
+        raise JobError(422, f"ensemble: must be true or false, got {str(raw)[:40]!r}")
+    return text in _TRUE
+
+
+async def _watch(request: Request, cancel: threading.Event) -> None:
+    """Set ``cancel`` when the client hangs up (checked every 0.2 s while its job waits or runs)."""
+    while not cancel.is_set():
+        if await request.is_disconnected():
+            cancel.set()
+            return
+        await asyncio.sleep(0.2)
+
+
 def _job(
-    slot: ModelSlot, data: bytes, scale: float, limits: ServeLimits, filename: str, kwargs: dict[str, Any]
+    slot: ModelSlot,
+    data: bytes,
+    scale: float,
+    limits: ServeLimits,
+    filename: str,
+    kwargs: dict[str, Any],
+    cancel: threading.Event | None = None,
 ) -> tuple[bytes, str, str, tuple[int, int], tuple[int, int]]:
-    """Decode, upscale (holding the model), encode: runs in a worker thread."""
+    """Decode, upscale (holding the model), encode: runs in a worker thread.
+
+    ``cancel`` (the client hung up) drops the job while it waits for the model
+    or between tile passes.
+    """
     from hbpn.pipeline.upscaling import upscale
+
+    def progress(done: int, total: int) -> None:
+        if cancel is not None and cancel.is_set():
+            raise JobCancelled()
 
     img = decode_image(data, scale, limits, filename)
     source_format, in_size = img.format, upright_size(img)
     try:
-        result = slot.run(upscale, img, scale, slot.model, **kwargs)
+        result = slot.run(upscale, img, scale, slot.model, cancel=cancel, progress=progress, **kwargs)
+    except JobCancelled:
+        raise
     except (HBPNError, ValueError) as exc:  # an image upscale cannot take (odd mode, channels)
         raise JobError(400, f"{filename}: {exc}") from None
     except Exception:

@@ -37,11 +37,16 @@ class ServeLimits:
         max_pixels: largest result, width x height at the output resolution,
             where the network runs; an input alone over it is refused unread.
         queue: requests that may wait per model while one runs; more get 503.
+        min_upload_rate: bytes per second an upload must average after
+            ``upload_grace`` seconds, or it ends with 408 (a trickling client
+            cannot hold a worker).
     """
 
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 8_000_000
     queue: int = 4
+    min_upload_rate: float = 16 * 1024
+    upload_grace: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1:
@@ -50,6 +55,11 @@ class ServeLimits:
             raise ValueError(f"max_pixels must be positive, got {self.max_pixels}")
         if self.queue < 0:
             raise ValueError(f"queue must be 0 or more, got {self.queue}")
+        if not (self.min_upload_rate > 0 and self.upload_grace >= 0):
+            raise ValueError(
+                f"min_upload_rate must be positive and upload_grace 0 or more, got "
+                f"{self.min_upload_rate} and {self.upload_grace}"
+            )
 
 
 class JobError(Exception):
@@ -92,6 +102,11 @@ class ModelSlot:
                 )
             self._active += 1
 
+    def full(self) -> bool:
+        """Whether :meth:`enter` would refuse now."""
+        with self._admit:
+            return self._active >= 1 + self.queue
+
     def leave(self) -> None:
         with self._admit:
             self._active -= 1
@@ -100,9 +115,18 @@ class ModelSlot:
         with self._admit:
             return {"running": self._running, "waiting": self._active - self._running, "queue_limit": self.queue}
 
-    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call ``fn`` while holding this model (blocking the calling worker thread)."""
-        with self._run:
+    def run(self, fn: Callable[..., T], *args: Any, cancel: threading.Event | None = None, **kwargs: Any) -> T:
+        """Call ``fn`` while holding this model (blocking the calling worker thread).
+
+        ``cancel`` set while waiting for the model (its client went away) raises
+        :class:`JobCancelled` without running ``fn``.
+        """
+        while not self._run.acquire(timeout=0.1):
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled()
+        try:
+            if cancel is not None and cancel.is_set():
+                raise JobCancelled()
             with self._admit:
                 self._running += 1
             start = time.perf_counter()
@@ -113,6 +137,12 @@ class ModelSlot:
                 with self._admit:
                     self._running -= 1
                     self._seconds = 0.7 * self._seconds + 0.3 * took
+        finally:
+            self._run.release()
+
+
+class JobCancelled(Exception):
+    """The client of a job hung up: it is dropped before it starts, or between tiles."""
 
 
 def model_name(source: str | os.PathLike[str]) -> str:

@@ -76,7 +76,8 @@ function send(data) {
     xhr.responseType = "blob";
     xhr.onload = () => { clearInterval(tick); resolve(xhr); };
     xhr.onerror = () => { clearInterval(tick); resolve(null); };
-    xhr.open("POST", "/api/upscale");
+    // the model in the URL too: a busy model answers 503 before the upload is sent
+    xhr.open("POST", "/api/upscale?model=" + encodeURIComponent($("model").value));
     progressText.textContent = "Uploading…";
     xhr.send(data);
   });

@@ -14,4 +14,9 @@ class CaffeFormatError(HBPNError, ValueError):
 
 
 class ImageReadError(HBPNError, OSError):
-    """An input image cannot be read."""
+    """An input image cannot be read. ``reason``: ``"input_limit"`` where a pixel limit refused it
+    (front-ends name the setting), else empty."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -155,6 +155,7 @@ _HINTS = {
     "exists": " (use --overwrite to replace it)",
     "memory": " (use a smaller scale or --tile)",
     "output_limit": " (--max-output-pixels)",
+    "input_limit": " (see --max-pixels)",
 }
 
 

@@ -144,7 +144,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
             picture = from_pil(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageReadError(
-            f"{path}: too many pixels for the limit of {limit} (possible decompression bomb; see --max-pixels)"
+            f"{path}: too many pixels for the limit of {limit} (possible decompression bomb)", reason="input_limit"
         ) from None
     except Image.UnidentifiedImageError:
         raise ImageReadError(

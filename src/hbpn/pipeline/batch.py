@@ -76,7 +76,7 @@ class Event:
 
     ``reason`` tells front-ends which setting would change the outcome:
     ``exists`` (an output is there and overwriting is off), ``memory``,
-    ``output_limit``; None otherwise.
+    ``output_limit``, ``input_limit`` (a pixel limit refused the input); None otherwise.
     """
 
     kind: Literal["done", "skipped", "error", "warning"]
@@ -239,7 +239,7 @@ def upscale_files(
         except HBPNError as exc:
             text = str(exc)
             text = text if text.startswith(str(src)) else f"{src}: {text}"
-            on_event(Event("error", src, text, exc.reason if isinstance(exc, LimitError) else None))
+            on_event(Event("error", src, text, getattr(exc, "reason", None) or None))
             res.failed += 1
         except (OSError, ValueError, RuntimeError, MemoryError) as exc:  # e.g. CUDA out of memory: next image
             on_event(Event("error", src, f"{src}: {type(exc).__name__}: {exc}"))

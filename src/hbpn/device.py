@@ -127,7 +127,7 @@ def inference_model(model: HBPN, precision: str | None) -> tuple[HBPN, str | Non
     if device.type != "cpu" or precision == "fp16":
         return model, precision
     dtype = PRECISIONS[precision]
-    weight = model.stem[0].conv.weight
+    weight = _stem_weight(model)
     if weight.dtype == dtype and weight.is_contiguous(memory_format=torch.channels_last):
         return model, None
     if is_compiled(model):
@@ -141,6 +141,12 @@ _COPIES: weakref.WeakKeyDictionary[HBPN, dict[torch.dtype, tuple[tuple[tuple[int
 )
 
 
+def _stem_weight(model: HBPN) -> torch.Tensor:
+    conv = model.stem[0]
+    assert isinstance(conv.conv, torch.nn.Conv2d)
+    return conv.conv.weight
+
+
 def cpu_inference_copy(model: HBPN, dtype: torch.dtype) -> HBPN:
     """A copy of ``model`` in ``dtype`` with channels-last weights, for CPU inference.
 
@@ -152,7 +158,8 @@ def cpu_inference_copy(model: HBPN, dtype: torch.dtype) -> HBPN:
     cached = _COPIES.setdefault(model, {}).get(dtype)
     if cached is not None and cached[0] == state:
         return cached[1]
-    net = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.channels_last).eval()
+    net = copy.deepcopy(model).to(dtype=dtype)
+    net = net.to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # torch's stubs lack it
     _COPIES[model][dtype] = (state, net)
     return net
 

@@ -15,6 +15,7 @@ at hourglass level ``l`` (level ``l`` runs at ``H / 2**l``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +139,12 @@ class Stage(nn.Module):
     at the trunk's resolution.
     """
 
+    hourglass: Hourglass
+    fuse: ConvAct
+    input_skip: nn.Conv2d
+    sr_head: nn.Sequential
+    map_head: nn.Sequential
+
     def __init__(self, cfg: HBPNConfig, skip_in: int, fuse_in: int) -> None:
         super().__init__()
         w0, r2 = cfg.widths[0], cfg.unshuffle**2
@@ -171,6 +178,12 @@ class HBPN(nn.Module):
     and the WR weighting maps.
     """
 
+    ycc_weight: Tensor
+    ycc_bias: Tensor
+    metadata: dict[str, str]  # set by hbpn.weights.load_model: the file's metadata
+    stem: nn.Sequential
+    stages: nn.ModuleList
+
     def __init__(self, cfg: HBPNConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or HBPNConfig()
@@ -198,14 +211,16 @@ class HBPN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, a=0.25, nonlinearity="leaky_relu")
                 with torch.no_grad():
                     m.weight.mul_(0.5)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         for stage in self.stages:
             # Departure from the original (which draws these too): start with
             # uniform WR weights and, with a global residual, with SR = input, so
             # training begins at bicubic quality instead of noise.
-            nn.init.zeros_(stage.map_head[-1].weight)
+            assert isinstance(stage, Stage)
+            nn.init.zeros_(_last_conv(stage.map_head).weight)
             if self.cfg.global_residual:
-                nn.init.zeros_(stage.sr_head[-1].weight)
+                nn.init.zeros_(_last_conv(stage.sr_head).weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_all(x).image
@@ -225,7 +240,7 @@ class HBPN(nn.Module):
         skip_src, fused = data, [feat]  # stage 1 fuses with the stem's output
         enc = dec = None
         srs, maps = [], []
-        for k, stage in enumerate(self.stages):
+        for k, stage in enumerate(cast("list[Stage]", self.stages)):
             hg, enc, dec = stage.hourglass(feat, enc, dec)
             f = stage.fuse(torch.cat([*fused, hg], 1))
             feat = f + stage.input_skip(skip_src)  # SR_concate_s*
@@ -235,15 +250,21 @@ class HBPN(nn.Module):
             srs.append(sr + x if cfg.global_residual else sr)
             maps.append(F.pixel_shuffle(stage.map_head(feat), cfg.unshuffle).to(x.dtype))
         weights = torch.softmax(torch.cat(maps, 1), dim=1)  # the WR block
-        image = sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs))
+        image = cast(Tensor, sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs)))
         return HBPNOutput(image[..., :h, :w], [s[..., :h, :w] for s in srs], weights[..., :h, :w])
+
+
+def _last_conv(head: nn.Sequential) -> nn.Conv2d:
+    conv = head[-1]
+    assert isinstance(conv, nn.Conv2d)
+    return conv
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def conv_macs(mod: nn.Module, inp: Tensor, out: Tensor) -> int:
+def conv_macs(mod: nn.Conv2d | nn.ConvTranspose2d, inp: Tensor, out: Tensor) -> int:
     """Multiply-accumulates of one call of a Conv2d or ConvTranspose2d ``mod`` (``inp`` -> ``out``)."""
     k = mod.kernel_size[0] * mod.kernel_size[1]
     if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout block
@@ -261,6 +282,7 @@ def macs_per_megapixel(model: HBPN, size: int = 64) -> float:
 
     def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         nonlocal total
+        assert isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))
         total += conv_macs(mod, inp[0], out)
 
     size = -(-size // model.cfg.multiple) * model.cfg.multiple

@@ -188,17 +188,17 @@ def model_from_caffe(net: CaffeNet, cfg: HBPNConfig | None = None, source: str =
 
     state: dict[str, torch.Tensor] = {}
     for m in mapping:
-        layer = by_name.get(m.caffe_name)
-        if layer is None:
+        found = by_name.get(m.caffe_name)
+        if found is None:
             continue
         # V1 files cannot name PReLU (type ""): then the blob shapes alone decide.
-        if layer.type and layer.type != m.caffe_type:
-            wrong.append(f"{m.caffe_name} is {layer.type}, expected {m.caffe_type}")
+        if found.type and found.type != m.caffe_type:
+            wrong.append(f"{m.caffe_name} is {found.type}, expected {m.caffe_type}")
             continue
-        if len(layer.blobs) != len(m.params):
-            wrong.append(f"{m.caffe_name} has {len(layer.blobs)} blobs, expected {len(m.params)}")
+        if len(found.blobs) != len(m.params):
+            wrong.append(f"{m.caffe_name} has {len(found.blobs)} blobs, expected {len(m.params)}")
             continue
-        for i, (blob, key) in enumerate(zip(layer.blobs, m.params)):
+        for i, (blob, key) in enumerate(zip(found.blobs, m.params)):
             expected = tuple(own[key].shape)
             if not _fits(blob.shape, expected):
                 wrong.append(f"{m.caffe_name} blob {i} is {list(blob.shape)}, expected {list(expected)}")
@@ -207,12 +207,12 @@ def model_from_caffe(net: CaffeNet, cfg: HBPNConfig | None = None, source: str =
 
     color_bias = list(_YCC_BIAS)
     for i, (name, constants) in enumerate(COLOR_LAYERS.items()):
-        layer = by_name.get(name)
-        if layer is not None:
-            problems_here = _check_color(layer, constants)
+        found = by_name.get(name)
+        if found is not None:
+            problems_here = _check_color(found, constants)
             wrong += problems_here
             if not problems_here:
-                color_bias[i] = float(layer.blobs[1].data[0])
+                color_bias[i] = float(found.blobs[1].data[0])
     state["ycc_bias"] = torch.tensor(color_bias, dtype=torch.float32)
 
     problems = []

@@ -22,6 +22,7 @@ set never sits in memory; every read goes through :func:`hbpn.io.images.read_ima
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ def _file_pairs(folder: Path, scale: int, window: tuple[int, int] | None) -> tup
     files = _images(folder)
     hr_files = _window([p for p in files if p.stem.endswith("_HR")], window)
     pairs, missing = pair_by_stem(hr_files, [p for p in files if p.stem.endswith("_LR")], ("_HR", "_LR"))
-    items = [Item(_srf_name(h), lambda h=h, lo=lo: _from_files(h, lo, _srf_name(h), scale)) for h, lo in pairs]
+    items = [Item(_srf_name(h), functools.partial(_from_files, h, lo, _srf_name(h), scale)) for h, lo in pairs]
     return items, missing
 
 
@@ -219,7 +220,7 @@ def open_dataset(
         found, skipped = pair_by_stem(_window(hr_files, window), lr_files)
         hr_stems = {p.stem for p in hr_files}
         skipped += [f"{p}: no HR image named {p.stem}.* in {root / 'HR'}" for p in lr_files if p.stem not in hr_stems]
-        items = [Item(h.stem, lambda h=h, lo=lo: _from_files(h, lo, h.stem, None)) for h, lo in found]
+        items = [Item(h.stem, functools.partial(_from_files, h, lo, h.stem, None)) for h, lo in found]
         scale = 1
     elif layout == "files":
         m = _SRF_DIR.match(root.name)
@@ -237,9 +238,9 @@ def open_dataset(
                 f"{source.name} with MATLAB-exact bicubic"
             )
             hr_files = _window([p for p in _images(source) if p.stem.endswith("_HR")], window)
-            items = [Item(_srf_name(p), lambda p=p: _from_hr(p, _srf_name(p), scale)) for p in hr_files]
+            items = [Item(_srf_name(p), functools.partial(_from_hr, p, _srf_name(p), scale)) for p in hr_files]
     else:
-        items = [Item(p.stem, lambda p=p: _from_hr(p, p.stem, scale)) for p in _window(_images(root), window)]
+        items = [Item(p.stem, functools.partial(_from_hr, p, p.stem, scale)) for p in _window(_images(root), window)]
     if not items and not skipped:
         raise HBPNError(f"{root}: no images for x{scale} ({layout} layout)")
     if limit is not None:

@@ -34,11 +34,12 @@ backend, numpy for arrays, torch (any device, batched) for tensors.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from numbers import Real
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -125,8 +126,8 @@ def _blocks(
     return tuple(blocks)
 
 
-def _resize_dim(x: ArrayT, axis: int, out_len: int, scale: float, int_max: int | None, boundary: str) -> ArrayT:
-    """Resize ``x`` along ``axis`` with MATLAB's weights.
+def _resize_dim(x: Any, axis: int, out_len: int, scale: float, int_max: int | None, boundary: str) -> Any:
+    """Resize ``x`` (a numpy array or a torch tensor) along ``axis`` with MATLAB's weights.
 
     The same code runs on numpy arrays and torch tensors: ``axis`` is moved to
     the front and the rest flattened, so each band block is one plain 2-D
@@ -134,18 +135,20 @@ def _resize_dim(x: ArrayT, axis: int, out_len: int, scale: float, int_max: int |
     the tensor's device). Only the weight upload, ``moveaxis``, the
     concatenation and ``floor`` are looked up per backend.
     """
+    as_mat: Callable[[np.ndarray], Any]
+    ops: Any  # (moveaxis, concatenate, floor) of the array's library
     if isinstance(x, np.ndarray):
-
-        def as_mat(m: np.ndarray) -> np.ndarray:
-            return m.astype(x.dtype, copy=False)
-
-        moveaxis, cat, floor = np.moveaxis, np.concatenate, np.floor
+        dtype = x.dtype
+        as_mat = functools.partial(np.asarray, dtype=dtype)
+        ops = (np.moveaxis, np.concatenate, np.floor)
     else:
+        device, tdtype = x.device, x.dtype
 
-        def as_mat(m: np.ndarray) -> Tensor:
-            return torch.from_numpy(m).to(device=x.device, dtype=x.dtype)
+        def as_mat(m: np.ndarray) -> Any:
+            return torch.from_numpy(m).to(device=device, dtype=tdtype)
 
-        moveaxis, cat, floor = torch.movedim, torch.cat, torch.floor
+        ops = (torch.movedim, torch.cat, torch.floor)
+    moveaxis, cat, floor = ops
     front = moveaxis(x, axis, 0)
     rest = tuple(front.shape[1:])
     flat = front.reshape(front.shape[0], -1)
@@ -173,10 +176,10 @@ def _parse(
         sy = sx = scale
     else:
         try:
-            sy, sx = scale  # type: ignore[misc]
+            sy, sx = cast(Any, scale)
         except (TypeError, ValueError):
             raise ValueError(f"imresize: scale must be a number or (sy, sx), got {scale!r}") from None
-    sy, sx = float(sy), float(sx)  # type: ignore[arg-type]
+    sy, sx = float(sy), float(sx)
     if not (math.isfinite(sy) and math.isfinite(sx) and sy > 0 and sx > 0):
         raise ValueError(f"imresize: scale must be positive and finite, got {scale!r}")
     # ceil(n * s), guarded against 1/3 * 228 = 76.00000000000001 style float noise
@@ -203,41 +206,42 @@ def imresize(
         rounded half away from zero and clipped after each pass (bit-exact with
         MATLAB); float images are neither rounded nor clipped.
     """
+    arr: Any = img  # one of two array kinds: checked at run time, below
     if boundary not in BOUNDARIES:
         raise ValueError(f"imresize: boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
-    is_numpy = isinstance(img, np.ndarray)
+    is_numpy = isinstance(arr, np.ndarray)
     if is_numpy:
-        if img.ndim not in (2, 3):
-            raise ValueError(f"imresize: img must be H x W or H x W x C, got shape {img.shape}")
-        if img.dtype in _INT_MAX:
-            int_max: int | None = _INT_MAX[img.dtype]
-        elif np.issubdtype(img.dtype, np.floating):
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"imresize: img must be H x W or H x W x C, got shape {arr.shape}")
+        if arr.dtype in _INT_MAX:
+            int_max: int | None = _INT_MAX[arr.dtype]
+        elif np.issubdtype(arr.dtype, np.floating):
             int_max = None
         else:
-            raise ValueError(f"imresize: img dtype must be uint8, uint16 or floating, got {img.dtype}")
+            raise ValueError(f"imresize: img dtype must be uint8, uint16 or floating, got {arr.dtype}")
         # integers in double, as MATLAB computes them
-        work_dtype = np.float64 if int_max is not None or img.dtype == np.float16 else img.dtype
-        x: np.ndarray | Tensor = np.ascontiguousarray(img, dtype=work_dtype)
-    elif isinstance(img, Tensor):
-        if img.dim() not in (2, 3, 4):
-            raise ValueError(f"imresize: img must be H x W, C x H x W or N x C x H x W, got shape {tuple(img.shape)}")
-        if img.dtype in _TORCH_INT_MAX:
-            int_max = _TORCH_INT_MAX[img.dtype]
+        work_dtype: Any = np.float64 if int_max is not None or arr.dtype == np.float16 else arr.dtype
+        x: Any = np.ascontiguousarray(arr, dtype=work_dtype)
+    elif isinstance(arr, Tensor):
+        if arr.dim() not in (2, 3, 4):
+            raise ValueError(f"imresize: img must be H x W, C x H x W or N x C x H x W, got shape {tuple(arr.shape)}")
+        if arr.dtype in _TORCH_INT_MAX:
+            int_max = _TORCH_INT_MAX[arr.dtype]
             # float64 keeps MATLAB's double arithmetic; MPS has no float64
-            work = torch.float32 if img.device.type == "mps" else torch.float64
-        elif img.is_floating_point():
+            work = torch.float32 if arr.device.type == "mps" else torch.float64
+        elif arr.is_floating_point():
             int_max = None
-            work = img.dtype if img.dtype in (torch.float32, torch.float64) else torch.float32
+            work = arr.dtype if arr.dtype in (torch.float32, torch.float64) else torch.float32
         else:
-            raise ValueError(f"imresize: img dtype must be uint8 or floating, got {img.dtype}")
-        x = img.to(work)
+            raise ValueError(f"imresize: img dtype must be uint8 or floating, got {arr.dtype}")
+        x = arr.to(work)
     else:
         raise ValueError(f"imresize: img must be a numpy array or a torch tensor, got {type(img).__name__}")
 
     rows = 0 if is_numpy else x.dim() - 2  # numpy: H x W (x C); torch: (N x C x) H x W
     in_hw = (int(x.shape[rows]), int(x.shape[rows + 1]))
     if min(in_hw) < 1:
-        raise ValueError(f"imresize: img has an empty dimension, shape {tuple(img.shape)}")
+        raise ValueError(f"imresize: img has an empty dimension, shape {tuple(arr.shape)}")
     (sy, sx), (oh, ow) = _parse(in_hw, scale, size)
     # MATLAB: the dimension with the smaller scale first (stable sort: rows on a tie)
     passes = [(rows, oh, sy), (rows + 1, ow, sx)]
@@ -249,5 +253,5 @@ def imresize(
         x = _resize_dim(x, axis, n, s, int_max, boundary)
 
     if isinstance(x, np.ndarray):
-        return np.ascontiguousarray(x.astype(img.dtype, copy=False))  # type: ignore[return-value]
-    return x.to(img.dtype)  # type: ignore[return-value]
+        return np.ascontiguousarray(x.astype(arr.dtype, copy=False))  # type: ignore[return-value]
+    return cast(ArrayT, x.to(arr.dtype))

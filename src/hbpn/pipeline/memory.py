@@ -51,7 +51,7 @@ def activation_bytes_per_pixel(cfg: HBPNConfig, precision: str | None = None) ->
         def _free(self, n: int) -> None:
             self.live -= n
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             for t in tree_flatten(out)[0]:
                 if isinstance(t, Tensor) and not t._is_view():
@@ -110,7 +110,7 @@ def _proc_kib(text: str | None, key: str) -> int | None:
 
 def _psutil_available() -> int | None:
     try:
-        import psutil  # where there is no /proc (macOS, Windows)
+        import psutil  # type: ignore[import-untyped]  # where there is no /proc (macOS, Windows)
     except ImportError:
         return None
     return int(psutil.virtual_memory().available)
@@ -198,7 +198,7 @@ def memory_needed(
     full = h * w * per_pixel
     if tile == "auto":
         tile = auto_tile(model, model_device(model), image_hw, precision=precision, batch=batch)
-    edge = int(tile or max(h, w))  # type: ignore[arg-type]
+    edge = int(tile or max(h, w))
     m = model.cfg.multiple
     th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
     per_px = activation_bytes_per_pixel(model.cfg, resolve_precision(precision, model_device(model))) * MEMORY_SLACK

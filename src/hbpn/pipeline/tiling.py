@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_TILE", "DEFAULT_TILE_PAD", "run_model", "tile_passes"]
 
 def _transforms() -> list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]]:
     """The eight geometric transforms (4 rotations x optional flip) and their inverses."""
-    out = []
+    out: list[tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = []
     for flip in (False, True):
         for k in range(4):
 

@@ -57,14 +57,12 @@ class ImageSet:
         return len(self.hr_paths)
 
     def get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        hr = self.hr[i] if self.hr and self.hr[i] is not None else read_rgb(self.hr_paths[i])
+        cached = self.hr[i] if self.hr else None
+        hr = cached if cached is not None else read_rgb(self.hr_paths[i])
         if self.lr_paths is None:
             return hr, None
-        lr = (
-            self.lr[i]
-            if self.lr and self.lr[i] is not None
-            else _fit_lr(read_rgb(self.lr_paths[i]), hr, self.lr_paths[i])
-        )
+        cached_lr = self.lr[i] if self.lr else None
+        lr = cached_lr if cached_lr is not None else _fit_lr(read_rgb(self.lr_paths[i]), hr, self.lr_paths[i])
         return hr, lr
 
 
@@ -149,7 +147,7 @@ def _pad_to(img: np.ndarray, size: int) -> np.ndarray:
     if ph == 0 and pw == 0:
         return img
     mode = "reflect" if min(img.shape[:2]) > 1 else "edge"
-    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)
+    return np.pad(img, ((0, ph), (0, pw), (0, 0)), mode=mode)  # type: ignore[call-overload]  # numpy stubs: mode
 
 
 def _augment(img: np.ndarray, k: int, flip: bool) -> np.ndarray:

@@ -77,6 +77,8 @@ class _AllOutputs(nn.Module):
 class Trainer:
     """Set up from a config and an output folder; :meth:`run` trains."""
 
+    best: float | None  # the best validation PSNR so far
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -134,7 +136,7 @@ class Trainer:
                 raise HBPNError(f"{cfg.train.init_from}: weights do not fit the model ({str(exc)[:200]})") from None
         self.model.to(d.device)
         fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        self.model.to(memory_format=fmt)
+        self.model.to(memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack memory_format
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if cfg.train.ema else None
         net: nn.Module = _AllOutputs(self.model)
         self.ddp: nn.parallel.DistributedDataParallel | None = None
@@ -274,7 +276,7 @@ class Trainer:
         step_loss = torch.zeros((), device=d.device)
         for i in range(n_acc):
             x, y = next(it)
-            sync = contextlib.nullcontext()
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if self.ddp is not None and i < n_acc - 1:
                 sync = self.ddp.no_sync()
             with sync:
@@ -292,7 +294,7 @@ class Trainer:
         self.micro += n_acc
         self.samples += n_acc * cfg.train.batch * d.world
         self.step += 1
-        if self.ema is not None:
+        if self.ema is not None and cfg.train.ema is not None:
             decay = min(cfg.train.ema, (1 + self.step) / (10 + self.step))
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
         return step_loss
@@ -354,7 +356,7 @@ class Trainer:
             if d.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
             self.step = self.micro = self.samples = self.acc_n = 0
-            self.best: float | None = None
+            self.best = None
             self.prior_elapsed, self.t0 = 0.0, time.monotonic()
             st = ckpt.read_state(self.out) if self.resume else None
             for msg in ckpt.resume_notes(st, self.cfg, self.out) if st is not None else ():

@@ -140,7 +140,7 @@ def build(cls: type, data: Any, prefix: str, base: Path | None) -> Any:
             continue
         key = prefix + f.name
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             kwargs[f.name] = build(tp, data[f.name] or {}, key + ".", base)
             continue
         if (item := _dataclass_items(tp)) is not None:

@@ -102,6 +102,7 @@ def _weights_from_bytes(data: bytes, source: str) -> tuple[dict[str, Tensor], di
         raise WeightsError(f"{source}: cannot read safetensors data ({exc})") from None
     if tensors is None:
         raise WeightsError(f"{source}: not a safetensors file (truncated or foreign format)")
+    assert isinstance(header, dict)  # tensors is None otherwise
     return tensors, dict(header.get("__metadata__") or {})
 
 
@@ -223,8 +224,7 @@ def load_model(source: str | os.PathLike[str] | None = None, device: str | torch
     dev = resolve_device(device)  # a device that is not there fails before any reading
     name = "default" if source is None else source
     path = Path(name)
-    is_name = isinstance(name, str) and name in SHIPPED and not path.is_file()
-    if is_name:
+    if isinstance(name, str) and name in SHIPPED and not path.is_file():
         found = shipped_path(name)
         if found is not None:
             source_name = str(found)
@@ -244,5 +244,5 @@ def load_model(source: str | os.PathLike[str] | None = None, device: str | torch
     if fmt is not None and fmt != FORMAT:
         raise WeightsError(f"{source_name}: metadata says format {fmt!r}, not {FORMAT!r}")
     model = model_from_weights(tensors, metadata, source=source_name)
-    model.metadata = metadata  # type: ignore[attr-defined]
+    model.metadata = metadata
     return model.to(dev).eval()

@@ -25,7 +25,7 @@ from hbpn.model import HBPN
 FORMAT = "hbpn"
 #: Shipped weight sets and what they are for.
 SHIPPED: dict[str, str] = {
-    "default": "blind bicubic SR, scales 2-8 (trained on T91 + BSD200)",
+    "default": "blind bicubic SR, scales 2-8 (trained on T91 + BSD200 + BSDS500-test)",
     "real": "same-size real camera photos (NTIRE 2019 Real SR setting), fine-tuned on City100",
 }
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from hbpn.errors import ImageReadError
-from hbpn.io.images import expand_inputs, from_pil, output_extension, read_image, save_image, to_pil
+from hbpn.io.files import expand_inputs
+from hbpn.io.images import from_pil, output_extension, read_image, save_image, to_pil
 
 RNG = np.random.default_rng(0)
 

@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hbpn.device import compile_model, inference_model, model_device, precision_note, resolve_precision
     from hbpn.errors import HBPNError
-    from hbpn.io.images import expand_inputs
+    from hbpn.io.files import expand_inputs
     from hbpn.pipeline.batch import (
         BatchOptions,
         BatchResult,

@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file in the target's folder, then a rename."""
+"""Files: atomic writes (a temporary file in the target's folder, then a rename) and input expansion."""
 
 from __future__ import annotations
 
@@ -47,3 +47,41 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
+    """Files named by ``patterns`` (files, folders, globs), sorted and without repeats.
+
+    A file is taken whatever its suffix; folders (not recursively) and globs
+    give only files with an image suffix whose names do not start with a dot
+    (hidden files, and our own temporary files). Returns the files and the
+    patterns that matched nothing.
+    """
+    import glob
+
+    from hbpn.io.images import IMAGE_SUFFIXES  # (images imports this module for atomic writes)
+
+    found: dict[Path, None] = {}
+    unmatched: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            hits = [p for p in path.iterdir() if _is_listed_image(p, IMAGE_SUFFIXES)]
+        elif path.is_file():
+            hits = [path]
+        elif glob.has_magic(pattern):
+            hits = [p for p in map(Path, glob.glob(pattern)) if _is_listed_image(p, IMAGE_SUFFIXES)]
+        else:
+            hits = []
+        if not hits:
+            unmatched.append(pattern)
+        for p in hits:
+            found.setdefault(p, None)
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return sorted(unique.values(), key=str), unmatched
+
+
+def _is_listed_image(path: Path, suffixes: frozenset[str]) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() in suffixes and path.is_file()

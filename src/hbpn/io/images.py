@@ -282,39 +282,3 @@ def save_image(
     with atomic_path(path) as tmp:
         img.save(tmp, format=fmt, **params)
     return notes
-
-
-def expand_inputs(patterns: list[str]) -> tuple[list[Path], list[str]]:
-    """Files named by ``patterns`` (files, folders, globs), sorted and without repeats.
-
-    A file is taken whatever its suffix; folders (not recursively) and globs
-    give only files with an image suffix whose names do not start with a dot
-    (hidden files, and our own temporary files). Returns the files and the
-    patterns that matched nothing.
-    """
-    import glob
-
-    found: dict[Path, None] = {}
-    unmatched: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            hits = [p for p in path.iterdir() if _is_listed_image(p)]
-        elif path.is_file():
-            hits = [path]
-        elif glob.has_magic(pattern):
-            hits = [p for p in map(Path, glob.glob(pattern)) if _is_listed_image(p)]
-        else:
-            hits = []
-        if not hits:
-            unmatched.append(pattern)
-        for p in hits:
-            found.setdefault(p, None)
-    unique: dict[Path, Path] = {}
-    for p in found:
-        unique.setdefault(p.resolve(), p)
-    return sorted(unique.values(), key=str), unmatched
-
-
-def _is_listed_image(path: Path) -> bool:
-    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()

@@ -258,3 +258,27 @@ def test_expand_inputs_skips_hidden_files(tmp_path: Path) -> None:
     assert expand_inputs([str(tmp_path)])[0] == [tmp_path / "a.png"]
     assert expand_inputs([str(tmp_path / ".*.png"), str(tmp_path / "*.png")])[0] == [tmp_path / "a.png"]
     assert expand_inputs([str(tmp_path / ".hidden.jpg")])[0] == [tmp_path / ".hidden.jpg"]  # named: taken
+
+
+def test_open_image_reads_files_and_bytes_alike(tmp_path: Path) -> None:
+    # the one opener: read_image uses it for files, hbpn serve for uploads
+    import io
+
+    from hbpn.errors import ImageReadError
+    from hbpn.io.images import _pixel_limit, open_image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((6, 5, 3), np.uint8)).save(buf, "PNG")
+    (tmp_path / "a.png").write_bytes(buf.getvalue())
+    for source in (buf.getvalue(), tmp_path / "a.png"):
+        with open_image(source) as img:
+            assert img.size == (5, 6) and img.format == "PNG"
+    with pytest.raises(ImageReadError, match="upload.bin: not an image") as info:
+        open_image(b"plain text", name="upload.bin")
+    assert info.value.reason == "format"
+    with pytest.raises(ImageReadError) as info:
+        open_image(buf.getvalue(), formats=("JPEG",))  # a PNG where only JPEG is allowed
+    assert info.value.reason == "format"
+    with _pixel_limit(10), pytest.raises(ImageReadError, match="decompression bomb") as info:
+        open_image(buf.getvalue())
+    assert info.value.reason == "input_limit"

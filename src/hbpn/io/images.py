@@ -26,6 +26,7 @@ limit the caller chooses; its warning counts as an error too.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
@@ -123,6 +124,33 @@ def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
+def open_image(
+    source: str | os.PathLike[str] | bytes, *, formats: tuple[str, ...] = READ_FORMATS, name: str | None = None
+) -> Image.Image:
+    """Open an image file, or an image in ``bytes``, reading its header only (``.load()`` decodes).
+
+    The one place an image is opened (:func:`read_image` for files, ``hbpn serve`` for uploads).
+    ``formats``: the Pillow formats accepted. Pillow's pixel limit applies (see
+    :func:`_pixel_limit`). Failures are an :class:`ImageReadError` naming ``name`` (default:
+    the path), with ``reason`` ``"input_limit"`` (too many pixels: possibly a decompression
+    bomb), ``"format"`` (not an image, or not one of ``formats``) or ``"unreadable"``.
+    """
+    label = name or (f"{len(source)} bytes" if isinstance(source, bytes) else str(source))
+    try:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageReadError(
+            f"{label}: too many pixels for the limit of {Image.MAX_IMAGE_PIXELS} (possible decompression bomb)",
+            reason="input_limit",
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise ImageReadError(
+            f"{label}: not an image file (or not a format we read: {', '.join(formats)})", reason="format"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 -- Pillow's plugins raise many types on bad headers
+        raise ImageReadError(f"{label}: cannot read image ({type(exc).__name__}: {exc})", reason="unreadable") from None
+
+
 def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Picture:
     """Read ``path`` into a :class:`Picture`; any failure is an :class:`ImageReadError` naming it.
 
@@ -140,18 +168,16 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         raise ImageReadError(f"{path}: empty file (0 bytes)")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with _pixel_limit(max_pixels), Image.open(path, formats=READ_FORMATS) as img:
+        with _pixel_limit(max_pixels), open_image(path) as img:
             picture = from_pil(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # met while decoding
         raise ImageReadError(
             f"{path}: too many pixels for the limit of {limit} (possible decompression bomb)", reason="input_limit"
         ) from None
-    except Image.UnidentifiedImageError:
-        raise ImageReadError(
-            f"{path}: not an image file (or not a format we read: {', '.join(READ_FORMATS)})"
-        ) from None
-    except ImageReadError as exc:  # from from_pil, which does not know the path
-        raise ImageReadError(f"{path}: {exc}") from None
+    except ImageReadError as exc:
+        if str(exc).startswith(str(path)):  # from open_image, which names the path
+            raise
+        raise ImageReadError(f"{path}: {exc}") from None  # from from_pil, which does not know it
     except Exception as exc:  # noqa: BLE001 -- decoders raise many types on corrupt data: all mean unreadable
         raise ImageReadError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
     return picture

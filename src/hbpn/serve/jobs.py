@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from hbpn.errors import HBPNError
+from hbpn.errors import HBPNError, ImageReadError
+from hbpn.io.images import open_image
 from hbpn.model import HBPN
 
 T = TypeVar("T")
@@ -202,13 +203,15 @@ def decode_image(data: bytes, scale: float, limits: ServeLimits, filename: str =
     if len(data) > limits.max_upload_bytes:
         raise JobError(413, f"{filename}: {len(data)} bytes is over the upload limit of {limits.max_upload_bytes}")
     try:
-        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)  # reads the header only
-    except Image.DecompressionBombError as exc:
-        raise JobError(413, f"{filename}: refused as a decompression bomb ({exc})") from None
-    except UnidentifiedImageError:
-        raise JobError(400, f"{filename}: not an image this server can read ({', '.join(UPLOAD_FORMATS)})") from None
-    except Exception as exc:  # Pillow's plugins raise many types on bad headers; all mean "unreadable"
-        raise JobError(400, f"{filename}: cannot read the image ({type(exc).__name__}: {exc})") from None
+        img = open_image(data, formats=UPLOAD_FORMATS, name=filename)  # reads the header only
+    except ImageReadError as exc:
+        if exc.reason == "input_limit":
+            raise JobError(413, f"{filename}: refused as a decompression bomb") from None
+        if exc.reason == "format":
+            raise JobError(
+                400, f"{filename}: not an image this server can read ({', '.join(UPLOAD_FORMATS)})"
+            ) from None
+        raise JobError(400, str(exc)) from None
     w, h = img.size  # the pixel count does not depend on the EXIF orientation
     if w < 1 or h < 1:
         raise JobError(400, f"{filename}: the image has no pixels ({w}x{h})")

@@ -15,7 +15,7 @@ at hourglass level ``l`` (level ``l`` runs at ``H / 2**l``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +154,42 @@ class Stage(nn.Module):
         self.sr_head = nn.Sequential(ConvAct(_conv(w0, w0, 3)), _conv(w0, cfg.colors * r2, 3))
         self.map_head = nn.Sequential(ConvAct(_conv(w0, w0, 3)), _conv(w0, r2, 3))
 
+    def forward(
+        self, feat: Tensor, skip: Tensor, fused: list[Tensor], enc: list[Tensor] | None, dec: list[Tensor] | None
+    ) -> StageOutput:
+        """``feat``: (B, C_0, h, w) the previous stage's features (the stem's for stage 1);
+        ``skip``: what the input skip sees (the unshuffled input for stage 1, else ``feat``);
+        ``fused``: the earlier stages' fusion outputs (stage 1: the stem's features);
+        ``enc``/``dec``: the hourglass sums so far (None for stage 1). Heads at (h, w).
+        """
+        hg, enc, dec = self.hourglass(feat, enc, dec)
+        f = self.fuse(torch.cat([*fused, hg], 1))  # conv1_SR_s*_all
+        out = f + self.input_skip(skip)  # SR_concate_s*
+        return StageOutput(out, f, self.sr_head(out), self.map_head(out), enc, dec)
+
+
+class StageOutput(NamedTuple):
+    """What a stage hands on: its features, its fusion output, its two heads' outputs (at the
+    trunk's resolution, before the pixel shuffle), and the hourglass sums."""
+
+    features: Tensor
+    fused: Tensor
+    sr: Tensor
+    weight_map: Tensor
+    enc: list[Tensor]
+    dec: list[Tensor]
+
+
+def weighted_reconstruction(srs: list[Tensor], maps: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The WR block: a softmax over the stages' maps at each pixel weighs their SR images.
+
+    ``srs``: S images (B, 3, H, W); ``maps``: S maps (B, 1, H, W). Returns the
+    (B, 3, H, W) image and the (B, S, H, W) weights (summing to 1 at each pixel).
+    """
+    weights = torch.softmax(torch.cat(maps, 1), dim=1)
+    image = cast(Tensor, sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs)))
+    return image, weights
+
 
 @dataclass
 class HBPNOutput:
@@ -237,20 +273,19 @@ class HBPN(nn.Module):
         ycc = F.conv2d(xt, self.ycc_weight, self.ycc_bias)
         data = F.pixel_unshuffle(torch.cat([xt, ycc], 1), cfg.unshuffle)  # Concat_data
         feat = self.stem(data)
-        skip_src, fused = data, [feat]  # stage 1 fuses with the stem's output
+        skip, fused = data, [feat]  # stage 1 fuses with the stem's output
         enc = dec = None
-        srs, maps = [], []
+        srs: list[Tensor] = []
+        maps: list[Tensor] = []
         for k, stage in enumerate(cast("list[Stage]", self.stages)):
-            hg, enc, dec = stage.hourglass(feat, enc, dec)
-            f = stage.fuse(torch.cat([*fused, hg], 1))
-            feat = f + stage.input_skip(skip_src)  # SR_concate_s*
-            fused = [f] if k == 0 else [*fused, f]
-            skip_src = feat
-            sr = F.pixel_shuffle(stage.sr_head(feat), cfg.unshuffle).to(x.dtype)
+            out = stage(feat, skip, fused, enc, dec)
+            feat = skip = out.features
+            fused = [out.fused] if k == 0 else [*fused, out.fused]  # later stages fuse every earlier one
+            enc, dec = out.enc, out.dec
+            sr = F.pixel_shuffle(out.sr, cfg.unshuffle).to(x.dtype)
             srs.append(sr + x if cfg.global_residual else sr)
-            maps.append(F.pixel_shuffle(stage.map_head(feat), cfg.unshuffle).to(x.dtype))
-        weights = torch.softmax(torch.cat(maps, 1), dim=1)  # the WR block
-        image = cast(Tensor, sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs)))
+            maps.append(F.pixel_shuffle(out.weight_map, cfg.unshuffle).to(x.dtype))
+        image, weights = weighted_reconstruction(srs, maps)
         return HBPNOutput(image[..., :h, :w], [s[..., :h, :w] for s in srs], weights[..., :h, :w])
 
 

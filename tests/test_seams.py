@@ -26,8 +26,10 @@ def test_windows_ramp_over_the_whole_overlap_and_sum_to_one(size: int, tile: int
         overlap = a + t - b
         assert overlap >= 2 * pad
         wa, wb = windows[a][b - a :], windows[b][:overlap]  # the two tiles over their shared pixels
-        # each tile counts less the nearer its cut, across the whole overlap, not only 2 * pad of it
-        assert wb[0] < 0.01 and wa[-1] < 0.01 and (wb[1:] > wb[:-1]).all() and (wa[1:] < wa[:-1]).all()
+        # each tile counts less the nearer its cut, across the whole overlap, not only 2 * pad of it,
+        # and nothing at all right at its cut
+        assert wb[0] == 0 and wa[-1] == 0 and (wb[1:] >= wb[:-1]).all() and (wa[1:] <= wa[:-1]).all()
+        assert 0 < wb[overlap // 2] < 1 and wb[-1] == 1 and wa[0] == 1
     # tiles at the image's own border are not faded there
     assert windows[starts[0]][0] == 1 and windows[starts[-1]][-1] == 1
 
@@ -36,7 +38,8 @@ def test_windows_ramp_over_the_whole_overlap_and_sum_to_one(size: int, tile: int
 def test_default_tiling_hides_the_shipped_models_reach() -> None:
     # The trained network's output near a cut differs from the whole image's for about 128 px
     # (benchmarks/upscale_seams.py --edge-profile). With the old 16-px pad this 1536-px image showed
-    # seams of up to 11.8 levels (mean 0.042); with 48 and the whole-overlap blend, 6.1 (0.019).
+    # seams of up to 11.8 levels (mean 0.042, v2 weights); with 48, the whole-overlap blend and its
+    # margin, v3 shows 2.96 (mean 0.012).
     from skimage import data
 
     hr = torch.from_numpy(data.astronaut().astype(np.float32) / 255).permute(2, 0, 1)[None]
@@ -47,4 +50,4 @@ def test_default_tiling_hides_the_shipped_models_reach() -> None:
     whole, _ = run_model(model, x, tile=0, precision="fp32")
     tiled, _ = run_model(model, x, tile=DEFAULT_TILE, tile_pad=DEFAULT_TILE_PAD, precision="fp32")
     diff = (tiled - whole).abs() * 255
-    assert diff.max() < 8 and diff.mean() < 0.03, (float(diff.max()), float(diff.mean()))
+    assert diff.max() < 4.5 and diff.mean() < 0.02, (float(diff.max()), float(diff.mean()))

@@ -16,8 +16,8 @@ DEFAULT_TILE = 1024
 #: 48 by measurement (docs/UPSCALE.md, benchmarks/upscale_seams.py): the trained
 #: network's output near a tile's cut differs from the whole image's for about
 #: 128 px. Overlaps of 96 px and more, blended over their whole width, cut the
-#: worst seam on a 2048-px image from 23.8 to 4.4 levels (mean 0.087 to 0.018)
-#: for 7.5-19 % more compute than the old 16.
+#: worst seam on a 2048-px image from 15.4 to 3.6 levels (mean 0.060 to 0.015,
+#: shipped v3) for 7.5-19 % more compute than the old 16.
 DEFAULT_TILE_PAD = 48
 #: Smallest tile edge ``hbpn upscale --tile`` accepts (0 and auto aside): below
 #: it the overlaps leave almost no useful pixels and the model's padding unit

@@ -116,9 +116,9 @@ def inference_model(model: HBPN, precision: str | None) -> tuple[HBPN, str | Non
     """The network to run for ``precision`` and the autocast to run it under (None: none).
 
     On a CPU, fp32 and bf16 run a copy in that dtype with channels-last weights
-    (``model`` itself is never changed): there bf16 weights and activations ran
-    2.2-3.5x faster than fp32 and channels-last fp32 1.25x (docs/PERFORMANCE.md),
-    where bf16 autocast gained 1.5x. A model already in that form, a compiled
+    (``model`` itself is never changed): on an AMX CPU, one thread, 1 MP, such
+    copies ran the network 3.1x (bf16) and 1.18x (fp32) faster than the module as built
+    (``benchmarks/layer_speed.py``, docs/PERFORMANCE.md). A model already in that form, a compiled
     one (its graph belongs to its module) and every GPU run use ``model`` under
     autocast as before; fp16 on a CPU is autocast too.
     """

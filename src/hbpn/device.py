@@ -104,7 +104,8 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
 
 
 def precision_note(precision: str | None, device: torch.device) -> str | None:
-    """A one-line warning where ``precision`` will run slowly on ``device``, else None."""
+    """A one-line warning where ``precision`` (any ``--precision`` value) will run slowly on ``device``, else None."""
+    precision = resolve_precision(precision, device)
     if device.type == "cpu" and precision == "bf16" and not cpu_bf16_flags():
         return "this CPU has no native bf16 units (amx_bf16, avx512_bf16): bf16 is emulated, slower than fp32"
     if device.type == "cpu" and precision == "fp16":

@@ -162,7 +162,7 @@ _HINTS = {
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from hbpn.device import compile_model, inference_model, model_device, precision_note, resolve_precision
+    from hbpn.device import compile_model, inference_model, model_device, precision_note
     from hbpn.errors import HBPNError
     from hbpn.io.files import expand_inputs
     from hbpn.pipeline.batch import (
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     problem = folder_problem(outdir)
     model = load_model(args.model, device=_device(args.device, world)) if plan else None
     if model is not None:
-        note = precision_note(resolve_precision(args.precision, model_device(model)), model_device(model))
+        note = precision_note(args.precision, model_device(model))
         if note and rank == 0:
             say("note", note)
         if args.compile:  # compile the network that will run (on a CPU: the bf16/fp32 channels-last copy)

@@ -63,10 +63,9 @@ def _windows(n: int, starts: list[int], device: torch.device) -> dict[int, Tenso
     Each tile rises over the whole of its overlap with the previous tile and
     falls over the whole overlap with the next (:func:`_ramp`): the further from
     its cut edge, the more a tile's pixel counts, and the two ramps of an
-    overlap sum to 1. The
-    network's output differs from the whole image's most at a cut and fades over
-    about 128 px (``benchmarks/upscale_seams.py --edge-profile``), so the whole
-    overlap is used, not only ``2 * tile_pad`` of it.
+    overlap sum to 1. The network's output differs from the whole image's most
+    at a cut and fades over about 128 px (``benchmarks/upscale_seams.py
+    --edge-profile``), so the whole overlap is used, not only ``2 * tile_pad`` of it.
     """
     out = {}
     for i, s in enumerate(starts):

@@ -93,20 +93,28 @@ class ModelSlot:
     def enter(self) -> None:
         """Take a place in line, or raise a 503 JobError with Retry-After."""
         with self._admit:
-            if self._active >= 1 + self.queue:
-                wait = max(1, math.ceil(self._seconds * self._active))
-                raise JobError(
-                    503,
-                    f"model {self.name!r} is busy ({self._running} running, {self._active - self._running} "
-                    f"waiting, queue limit {self.queue}); retry in {wait} s",
-                    {"Retry-After": str(wait)},
-                )
+            self._refuse_if_full()
             self._active += 1
+
+    def check_room(self) -> None:
+        """Raise :meth:`enter`'s 503 if it would refuse now, without taking a place."""
+        with self._admit:
+            self._refuse_if_full()
 
     def full(self) -> bool:
         """Whether :meth:`enter` would refuse now."""
         with self._admit:
             return self._active >= 1 + self.queue
+
+    def _refuse_if_full(self) -> None:  # under self._admit
+        if self._active >= 1 + self.queue:
+            wait = max(1, math.ceil(self._seconds * self._active))
+            raise JobError(
+                503,
+                f"model {self.name!r} is busy ({self._running} running, {self._active - self._running} "
+                f"waiting, queue limit {self.queue}); retry in {wait} s",
+                {"Retry-After": str(wait)},
+            )
 
     def leave(self) -> None:
         with self._admit:

@@ -96,8 +96,7 @@ class Uploads:
                 slot.enter()
                 entered = slot
             elif all(s.full() for s in self.slots.values()):
-                self.slots[self.default_model].enter()  # raises its 503 (unless a place opened just now)
-                self.slots[self.default_model].leave()
+                self.slots[self.default_model].check_room()  # its 503 (unless a place opened just now)
             image, scale, name, ensemble = self._fields(await _read_form(request), early)
             if entered is None:
                 slot = self._slot(name)
@@ -127,7 +126,9 @@ class Uploads:
                 413, f"{image.filename}: the upload is over this server's limit of {self.limits.max_upload_bytes} bytes"
             )
         name = form.get("model") or early or self.default_model
-        if not isinstance(name, str) or (early and name != early):
+        if not isinstance(name, str):
+            raise JobError(422, "model: must be a model name, not a file")
+        if early and name != early:
             raise JobError(422, f"model: the query names {early!r} but the form names {name!r}")
         return image, _number(form.get("scale", "4")), name, _flag(form.get("ensemble", "false"))
 

@@ -151,7 +151,7 @@ def test_paper_parameter_count_and_prelus() -> None:
 
 @pytest.mark.data
 def test_paper_parameter_count_equals_prototxt() -> None:
-    from caffe_interp import CaffeGraph
+    from tests.convert.caffe_interp import CaffeGraph
 
     path = _shared() / "reference" / "hbpn-original" / "HBPN_Deploy.prototxt"
     if not path.is_file():

@@ -1,7 +1,7 @@
 """The Caffe importer: wire format, layer mapping, errors, and faithfulness to the prototxt.
 
 Faithfulness: random weights for every layer of HBPN_Deploy.prototxt are run
-through a test-side interpreter of the prototxt (tests/caffe_interp.py), and
+through a test-side interpreter of the prototxt (tests/convert/caffe_interp.py), and
 written into a .caffemodel that ``hbpn convert-caffe`` converts; the converted
 model must reproduce the interpreter's final image, the three per-stage SR
 images and the softmax maps. Those tests need the reference prototxt (../shared)
@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-from caffe_interp import CaffeGraph, LayerSpec, encode_net, graph_layer_specs
 from hbpn.cli import main
 from hbpn.config import PRESETS, HBPNConfig, get_preset
 from hbpn.convert.caffe import COLOR_LAYERS, layer_mapping, model_from_caffe
@@ -26,10 +25,11 @@ from hbpn.convert.caffe_proto import parse_net
 from hbpn.errors import CaffeFormatError
 from hbpn.model import HBPN
 from hbpn.weights.store import load_model
+from tests.convert.caffe_interp import CaffeGraph, LayerSpec, encode_net, graph_layer_specs
 
 
 def _shared() -> Path:
-    here = Path(__file__).resolve().parents[2] / "shared"
+    here = Path(__file__).resolve().parents[3] / "shared"
     return here if here.is_dir() else Path("/work/shared")
 
 

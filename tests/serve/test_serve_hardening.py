@@ -25,7 +25,7 @@ from hbpn.serve.app import create_app  # noqa: E402
 from hbpn.serve.jobs import ServeLimits  # noqa: E402
 from hbpn.serve.protocol import HeaderDeadline, server_config  # noqa: E402
 from hbpn.weights.store import save_weights  # noqa: E402
-from test_serve import held_model, image_bytes, post, wait_for  # noqa: E402
+from tests.serve.test_serve import held_model, image_bytes, post, wait_for  # noqa: E402
 
 BOUNDARY = "hbpnboundary"
 

@@ -302,7 +302,7 @@ BICUBIC_TABLE = {
 @pytest.mark.data
 @pytest.mark.slow
 def test_cli_reproduces_the_bicubic_table(tmp_path: Path) -> None:
-    from test_imresize import benchmark_dir
+    from tests.ops.test_imresize import benchmark_dir
 
     set5, set14 = benchmark_dir("Set5"), benchmark_dir("Set14")
     rc = main(

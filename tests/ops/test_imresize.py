@@ -15,9 +15,9 @@ from hbpn.ops.resize import contributions, imresize
 def shared_dir() -> Path | None:
     """../shared beside the checkout (CI), else /work/shared; None where neither exists.
 
-    Imported by the other evaluation test modules (pytest puts tests/ on sys.path).
+    Imported by the other evaluation test modules as ``tests.ops.test_imresize``.
     """
-    for cand in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+    for cand in (Path(__file__).resolve().parents[3] / "shared", Path("/work/shared")):
         if (cand / "datasets").is_dir():
             return cand
     return None

@@ -10,11 +10,11 @@ import torch
 
 from hbpn.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def shared() -> Path | None:
-    for root in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
+    for root in (Path(__file__).resolve().parents[3] / "shared", Path("/work/shared")):
         if (root / "datasets" / "train" / "T91").is_dir() and (root / "datasets" / "benchmark" / "Set5").is_dir():
             return root
     return None

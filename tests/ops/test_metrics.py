@@ -157,7 +157,7 @@ def test_bicubic_baseline_matches_the_literature(
 ) -> None:
     from PIL import Image
 
-    from test_imresize import benchmark_dir
+    from tests.ops.test_imresize import benchmark_dir
 
     folder = benchmark_dir(name) / f"image_SRF_{scale}"
     scores = []

@@ -12,7 +12,7 @@ from hbpn.config import get_preset
 from hbpn.train.config import ConfigError, config_from_dict, load_config, parse_set
 from hbpn.train.loop import lr_at
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DATA = {"data": {"hr_dirs": ["/nowhere"]}}
 
 

@@ -51,7 +51,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import hbpn
 from hbpn.device import compile_model, cpu_bf16_flags, inference_model, resolve_precision
-from hbpn.model import macs_per_megapixel
+from hbpn.profile import macs_per_megapixel
 
 #: spandrel architecture file, class name and constructor arguments of each peer.
 PEERS: dict[str, tuple[str, str, dict[str, Any]]] = {

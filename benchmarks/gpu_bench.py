@@ -41,8 +41,9 @@ from _bench import best_of, machine
 from torch import Tensor, nn
 
 from hbpn.config import get_preset
-from hbpn.model import HBPN, macs_per_megapixel
+from hbpn.model import HBPN
 from hbpn.pipeline.tiling import run_model
+from hbpn.profile import macs_per_megapixel
 
 MODES = ("fp32", "bf16", "bf16-cl-compile", "fp32-strict")
 DEFAULT_SIZES = "1024x1024,3840x2160"  # 1.05 MP and 8.29 MP (4K UHD)

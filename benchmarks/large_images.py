@@ -34,8 +34,9 @@ from _bench import CLOCKS, add_clock_options, apply_clock_options, best_of, mach
 from tiling import coverage
 
 from hbpn.device import compile_model
-from hbpn.model import HBPN, HBPNOutput, macs_per_megapixel
+from hbpn.model import HBPN, HBPNOutput
 from hbpn.pipeline.upscaling import upscale
+from hbpn.profile import macs_per_megapixel
 from hbpn.weights.store import load_model
 
 

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from hbpn.config import get_preset
 from hbpn.device import inference_model
-from hbpn.model import HBPN, conv_macs
+from hbpn.model import HBPN
+from hbpn.profile import conv_macs
 
 
 def main() -> None:

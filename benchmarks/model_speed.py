@@ -28,7 +28,8 @@ import torch
 from _bench import add_clock_options, apply_clock_options, best_of, machine, matmul_gflops, print_machine
 
 from hbpn.config import PRESETS, get_preset
-from hbpn.model import HBPN, macs_per_megapixel
+from hbpn.model import HBPN
+from hbpn.profile import macs_per_megapixel
 
 DEFAULT_SIZE = {"paper": 128}
 

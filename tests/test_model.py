@@ -19,7 +19,8 @@ from torch import nn
 
 from hbpn.config import PRESETS, HBPNConfig, get_preset
 from hbpn.errors import WeightsError
-from hbpn.model import HBPN, count_parameters
+from hbpn.model import HBPN
+from hbpn.profile import count_parameters
 from hbpn.weights.store import load_model, save_weights
 
 PAPER_PARAMETERS = 33806559  # HBPN_Deploy.prototxt: 116 (de)convolutions + 83 PReLU slopes

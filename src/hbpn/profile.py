@@ -1,12 +1,52 @@
-"""A model's description: config, size and cost (``hbpn info``)."""
+"""A model's size and cost: parameters, multiply-accumulates, and its description (``hbpn info``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import Tensor, nn
+
 from hbpn.config import get_preset
 from hbpn.errors import HBPNError
-from hbpn.model import HBPN, count_parameters, macs_per_megapixel
+from hbpn.model import HBPN
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv_macs(mod: nn.Conv2d | nn.ConvTranspose2d, inp: Tensor, out: Tensor) -> int:
+    """Multiply-accumulates of one call of a Conv2d or ConvTranspose2d ``mod`` (``inp`` -> ``out``)."""
+    k = mod.kernel_size[0] * mod.kernel_size[1]
+    if isinstance(mod, nn.ConvTranspose2d):  # every input pixel scatters a k x k x cout block
+        return inp.numel() * mod.out_channels * k // mod.groups
+    return out.numel() * (mod.in_channels // mod.groups) * k
+
+
+def macs_per_megapixel(model: HBPN, size: int = 64) -> float:
+    """Multiply-accumulates of every (de)convolution per output megapixel.
+
+    Counted with forward hooks on a ``size`` x ``size`` input (a multiple of the
+    model's padding unit, so nothing is padded).
+    """
+    total = 0
+
+    def hook(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        assert isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))
+        total += conv_macs(mod, inp[0], out)
+
+    size = -(-size // model.cfg.multiple) * model.cfg.multiple
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        for hd in handles:
+            hd.remove()
+    return total * 1e6 / (size * size)
 
 
 def describe(source: str | None = None, preset: str | None = None) -> dict[str, Any]:

@@ -28,7 +28,8 @@ import torch
 from hbpn.config import PRESETS, HBPNConfig
 from hbpn.convert.caffe_proto import CaffeLayer, CaffeNet, read_caffemodel
 from hbpn.errors import CaffeFormatError, HBPNError
-from hbpn.model import _YCC_BIAS, HBPN, count_parameters
+from hbpn.model import _YCC_BIAS, HBPN
+from hbpn.profile import count_parameters
 
 __all__ = [
     "COLOR_LAYERS",

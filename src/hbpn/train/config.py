@@ -72,6 +72,9 @@ class DataSection:
         range: [0, 40]}, ..]``); with ``hr_dirs`` too, a mixture: each sample
         comes from a pair with probability ``pair_share``, else from an HR
         image degraded on the fly.
+    pipeline: ``loader``: one sample at a time with numpy in DataLoader
+        workers; ``device``: whole batches cut and degraded with tensor ops
+        on the training device (:mod:`hbpn.train.batched`; for GPUs).
     """
 
     hr_dirs: tuple[str, ...] = ()
@@ -86,6 +89,7 @@ class DataSection:
     augment: bool = True
     cache: bool = True
     workers: int = 0
+    pipeline: Literal["loader", "device"] = "loader"
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,11 @@ class TrainSection:
         ``(from_step, count)`` pairs; YAML accepts an int or a mapping
         ``{0: 8, 200000: 32}``.
     batch: patches per micro-batch per process (DDP: per rank).
+    compile_mode: ``torch.compile``'s mode with ``compile: true``
+        (``reduce-overhead``: CUDA graphs, for static shapes such as
+        ``data.pipeline: device`` gives).
+    peak_flops: the device's measured matmul peak (FLOP/s), to log MFU
+        beside the achieved FLOP/s (the device script's probe sets it).
     """
 
     steps: int = 10000
@@ -178,6 +187,7 @@ class TrainSection:
     amp: Literal["none", "bf16", "fp16"] = "none"
     ema: float | None = None
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     channels_last: bool = False
     init_from: str | None = None
     max_minutes: float | None = None
@@ -185,6 +195,7 @@ class TrainSection:
     ckpt_every: int = 1000
     tensorboard: bool = True
     progress: bool = True
+    peak_flops: float | None = None
 
     def accumulation_at(self, step: int) -> int:
         count = 1

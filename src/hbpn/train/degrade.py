@@ -114,14 +114,16 @@ def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, 
 
 
 def resize(img: torch.Tensor, hw: tuple[int, int], kernel: str) -> torch.Tensor:
-    """Resize a 3 x H x W float image to ``hw`` with ``kernel`` (anti-aliased when shrinking)."""
+    """Resize a (N x) 3 x H x W float image to ``hw`` with ``kernel`` (anti-aliased when shrinking)."""
     if tuple(img.shape[-2:]) == hw:
         return img
     if kernel == "bicubic":
         return imresize(img.contiguous(), size=hw)
     mode = "bilinear" if kernel == "bilinear" else "area"
     extra = {"align_corners": False, "antialias": True} if mode == "bilinear" else {}
-    return F.interpolate(img[None], size=hw, mode=mode, **extra)[0]
+    batch = img if img.dim() == 4 else img[None]
+    out = F.interpolate(batch, size=hw, mode=mode, **extra)
+    return out if img.dim() == 4 else out[0]
 
 
 def _blur_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:

@@ -33,6 +33,7 @@ from hbpn.train import checkpoint as ckpt
 from hbpn.train.config import TrainConfig
 from hbpn.train.data import PatchDataset, load_training_images, load_training_pairs, make_loader
 from hbpn.train.distributed import DistInfo, any_across, barrier, mean_across, setup, teardown
+from hbpn.train.throughput import flop_per_sample, mfu
 from hbpn.weights.store import read_weights
 
 
@@ -74,6 +75,17 @@ class _AllOutputs(nn.Module):
         return out.image, out.stages
 
 
+def _to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor cloned to the CPU."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
 class Trainer:
     """Set up from a config and an output folder; :meth:`run` trains."""
 
@@ -92,6 +104,9 @@ class Trainer:
         self.dist: DistInfo | None = None
         self.tb: Any = None
         self.stop_requested = threading.Event()  # set (e.g. on SIGTERM) to stop after the current step
+        self._writer: threading.Thread | None = None  # the checkpoint being written in the background
+        self._write_error: BaseException | None = None
+        self._last_log: tuple[float, int] | None = None  # (time, samples) at the last log line
 
     # ------------------------------------------------------------------ helpers
     def echo(self, msg: str) -> None:
@@ -143,11 +158,17 @@ class Trainer:
         if d.active:
             ids = [d.device.index] if d.device.type == "cuda" else None
             net = self.ddp = nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        self.net = torch.compile(net) if cfg.train.compile else net
+        self.net = torch.compile(net, mode=cfg.train.compile_mode) if cfg.train.compile else net
         o = cfg.optim
         self.opt = torch.optim.Adam(
-            self.model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+            self.model.parameters(),
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            fused=d.device.type == "cuda",  # one kernel for all parameters
         )
+        self.flop_per_sample = flop_per_sample(self.model, cfg.data.patch)
         self.scaler = torch.amp.GradScaler(d.device.type, enabled=cfg.train.amp == "fp16")
         images = load_training_images(cfg.data)
         pairs = load_training_pairs(cfg.data) if cfg.data.hr_dirs else None
@@ -232,13 +253,36 @@ class Trainer:
         if best:
             ckpt.write_weights(model, self.out / ckpt.BEST, meta)
             return
-        ckpt.write_weights(model, self.out / ckpt.LAST, meta)
-        ckpt.write_state(self.out, self._state())
+        # a CPU copy now (one device sync), the files in the background: the loop does not wait for the disk
+        snapshot = copy.deepcopy(model).to("cpu"), _to_cpu(self._state())
+        self.wait_for_writes()
+        self._writer = threading.Thread(target=self._write_last, args=(*snapshot, meta), name="checkpoint")
+        self._writer.start()
+
+    def _write_last(self, model: HBPN, state: dict[str, Any], meta: dict[str, str]) -> None:
+        try:
+            ckpt.write_weights(model, self.out / ckpt.LAST, meta)
+            ckpt.write_state(self.out, state)
+        except BaseException as exc:  # re-raised in the loop's thread by wait_for_writes
+            self._write_error = exc
+
+    def wait_for_writes(self) -> None:
+        """Block until the last checkpoint is on disk; raise what writing it raised."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            raise error
 
     # ------------------------------------------------------------------ the loop
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         d, t = self.dist, self.cfg.train
         assert d is not None
+        fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+        if self.cfg.data.pipeline == "device":
+            yield from self._device_batches(fmt)
+            return
         loader = make_loader(
             self.dataset,
             t.batch,
@@ -249,12 +293,25 @@ class Trainer:
             self.cfg.data.workers,
             pin=d.device.type == "cuda",
         )
-        fmt = torch.channels_last if t.channels_last else torch.contiguous_format
         for x, y in loader:
             yield (
                 x.to(d.device, non_blocking=True, memory_format=fmt),
                 y.to(d.device, non_blocking=True, memory_format=fmt),
             )
+
+    def _device_batches(self, fmt: torch.memory_format) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches made on the training device (``data.pipeline: device``), from the run's sample position."""
+        from hbpn.train.batched import DeviceBatches
+
+        d, t = self.dist, self.cfg.train
+        assert d is not None
+        ds = self.dataset
+        source = DeviceBatches(ds.images, self.cfg.data, self.cfg.degrade, t.seed, d.device, ds.pairs, d.rank)
+        number = self.samples // (t.batch * d.world)
+        while True:
+            x, y = source.batch(number, t.batch)
+            number += 1
+            yield x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt)
 
     def loss_fn(self, out: Tensor, stages: list[Tensor], y: Tensor) -> Tensor:
         red = self.cfg.loss.reduction
@@ -372,6 +429,8 @@ class Trainer:
             self._open_tensorboard()
             return self._loop(tqdm)
         finally:
+            with contextlib.suppress(Exception):  # an error of its own is already on its way up
+                self.wait_for_writes()
             if self.tb is not None:
                 self.tb.close()
             if hasattr(self, "model"):
@@ -383,6 +442,7 @@ class Trainer:
         assert d is not None
         budget = t.max_minutes * 60 if t.max_minutes else None
         run_t0 = time.monotonic()
+        self._last_log = (run_t0, self.samples)
         bar = tqdm(
             total=t.steps,
             initial=self.step,
@@ -418,6 +478,7 @@ class Trainer:
             bar.close()
             self.echo(f"interrupted at step {self.step}: writing a checkpoint")
             self.save()
+            self.wait_for_writes()
             self.log({"event": "end", "step": self.step, "reason": "interrupted", "elapsed": round(self.elapsed(), 3)})
             raise
         bar.close()
@@ -426,7 +487,10 @@ class Trainer:
         if self.valset is not None and self.step % cfg.val.every != 0 and self.step > 0:
             self.validate()
         if saved != self.step or not (self.out / ckpt.STATE).is_file():
-            self.save()
+            self.wait_for_writes()  # the last periodic checkpoint may still be on its way
+            if saved != self.step or not (self.out / ckpt.STATE).is_file():
+                self.save()
+        self.wait_for_writes()
         self.log({"event": "end", "step": self.step, "reason": reason, "elapsed": round(self.elapsed(), 3)})
         return TrainResult(self.step, reason, self.out, self.best, last)
 
@@ -441,7 +505,16 @@ class Trainer:
                 f"the last good checkpoint in {self.out} is kept (try a lower optim.lr)"
             )
         lr = self.opt.param_groups[0]["lr"]
-        self.log({"step": self.step, "loss": loss, "lr": lr, "elapsed": round(self.elapsed(), 3)})
+        now, (then, before) = time.monotonic(), self._last_log or (self.t0, 0)
+        rate = (self.samples - before) / max(1e-9, now - then) if self.samples > before else 0.0
+        self._last_log = (now, self.samples)
+        record = {"step": self.step, "loss": loss, "lr": lr, "elapsed": round(self.elapsed(), 3)}
+        record["samples_per_s"] = round(rate, 2)  # all ranks together
+        record["tflops"] = round(rate * self.flop_per_sample / 1e12, 4)
+        u = mfu(rate / d.world, self.flop_per_sample, self.cfg.train.peak_flops)
+        if u is not None:
+            record["mfu"] = round(u, 4)
+        self.log(record)
         if self.tb is not None:
             self.tb.add_scalar("train/loss", loss, self.step)
             self.tb.add_scalar("train/lr", lr, self.step)

@@ -1,0 +1,78 @@
+"""Training samples per second of the two data paths: the loader (per sample, numpy) and the device path.
+
+Both read the same training config (its ``data`` and ``degrade`` sections) and
+the same decoded images; each is timed over ``--batches`` batches of
+``train.batch`` patches after ``--warmup`` untimed ones, on one process. The
+loader path runs as a training run with ``data.workers: 0`` runs it; the
+device path (``data.pipeline: device``) runs on ``--device`` (here: the CPU).
+Prints one line ``old X new Y`` (samples/s) and the speed-up.
+
+    python benchmarks/train_data_speed.py                                   # configs/default-cpu.yaml
+    python benchmarks/train_data_speed.py --config configs/real-cpu.yaml --threads 1
+    python benchmarks/train_data_speed.py --config configs/device-h100.yaml --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from _bench import machine, print_machine
+
+from hbpn.train.batched import DeviceBatches
+from hbpn.train.config import load_config
+from hbpn.train.data import PatchDataset, load_training_images, load_training_pairs, make_loader
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs/default-cpu.yaml"), help="training config")
+    ap.add_argument("--batches", type=int, default=20, help="timed batches per path (default 20)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    ap.add_argument("--batch", type=int, default=None, help="patches per batch (default: the config's train.batch)")
+    ap.add_argument("--device", default="cpu", help="device of the new path (default cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config)
+    batch = args.batch or cfg.train.batch
+    print_machine(machine())
+    t0 = time.perf_counter()
+    images = load_training_images(cfg.data)
+    pairs = load_training_pairs(cfg.data) if cfg.data.hr_dirs else None
+    print(f"{len(images)} images (+{len(pairs) if pairs else 0} pairs) decoded in {time.perf_counter() - t0:.1f} s")
+
+    dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed, pairs=pairs)
+    it = iter(make_loader(dataset, batch, cfg.train.seed, 0, 0, 1, workers=0, pin=False))
+    old = _rate(lambda: next(it), batch, args.batches, args.warmup, "cpu")
+
+    device = torch.device(args.device)
+    source = DeviceBatches(images, cfg.data, cfg.degrade, cfg.train.seed, device, pairs)
+    number = iter(range(10**9))
+    new = _rate(lambda: source.batch(next(number), batch), batch, args.batches, args.warmup, device)
+    print(f"old {old:.1f} new {new:.1f}")
+    print(f"speed-up {new / old:.2f}x ({Path(args.config).name}, batch {batch}, new path on {device})")
+
+
+def _rate(make: object, batch: int, batches: int, warmup: int, device: torch.device | str) -> float:
+    """Samples per second of ``make()`` (one batch per call), wall clock, synchronised on GPUs."""
+    assert callable(make)
+    for _ in range(warmup):
+        make()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        make()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+    return batches * batch / (time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,13 +3,15 @@
 Both read the same training config (its ``data`` and ``degrade`` sections) and
 the same decoded images; each is timed over ``--batches`` batches of
 ``train.batch`` patches after ``--warmup`` untimed ones, on one process. The
-loader path runs as a training run with ``data.workers: 0`` runs it; the
-device path (``data.pipeline: device``) runs on ``--device`` (here: the CPU).
+loader path runs as a training run with ``data.workers: 0`` does (one
+process); the device path (``data.pipeline: device``) runs on ``--device``.
 Prints one line ``old X new Y`` (samples/s) and the speed-up.
 
     python benchmarks/train_data_speed.py                                   # configs/default-cpu.yaml
     python benchmarks/train_data_speed.py --config configs/real-cpu.yaml --threads 1
     python benchmarks/train_data_speed.py --config configs/device-h100.yaml --device cuda
+    python benchmarks/train_data_speed.py --config configs/device-h100.yaml --threads 1 \
+        --set 'data.hr_dirs=[../shared/datasets/train/T91, ../shared/datasets/train/BSD200]'
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="patches per batch (default: the config's train.batch)")
     ap.add_argument("--device", default="cpu", help="device of the new path (default cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides", help="config overrides")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     batch = args.batch or cfg.train.batch
     print_machine(machine())
     t0 = time.perf_counter()

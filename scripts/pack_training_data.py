@@ -7,9 +7,11 @@ folder ``carry/data`` and checks that the whole tree that would travel fits.
 
 Profiles (one at a time: packing one removes the other's files):
 
-* ``default``: T91 + BSD200 HR images (training, lossless WebP, or the
-  original PNG where that is smaller) and Set5 ``image_SRF_4`` HR + LR
-  (validation and the on-device eval, copied byte for byte).
+* ``default``: the HR training images, T91 + BSD200 (lossless WebP, or the
+  original PNG where that is smaller) + BSDS500-test (the original JPEGs,
+  byte for byte), and the validation set that chooses checkpoints: the
+  central 256 x 256 of each Kodak24 image (lossless WebP; 0.1 of the pixels,
+  so that all the training images fit).
 * ``real``: City100 iPhone X pairs 0-39 into ``City100-train/{HR,LR}`` and the
   withheld pairs 40-49 into ``City100-val/{HR,LR}`` (separate folders, so no
   trimming can ever move a validation pair into the training set).
@@ -28,11 +30,14 @@ is written atomically.
     python scripts/pack_training_data.py                     # profile default
     python scripts/pack_training_data.py --profile real
     python scripts/pack_training_data.py --source /data/datasets --dry-run
+    python scripts/pack_training_data.py --hold-weights all   # from scratch: every image travels
+    python scripts/pack_training_data.py --restore-weights     # after the device call
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -49,6 +54,10 @@ from hbpn.io.files import atomic_path  # noqa: E402 (after the sys.path line abo
 
 MIB = 1024 * 1024
 MANIFEST = "MANIFEST.json"
+#: Side of the central crop of each validation image (pixels; a multiple of 2, 4 and 8).
+VAL_CROP = 256
+#: The shipped weights, tracked by git; --hold-weights takes them out of the travelling tree.
+WEIGHTS = Path("src/hbpn/weights")
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm"}
 
 
@@ -81,13 +90,14 @@ def plan(profile: str, source: Path) -> list[Group]:
     if profile == "default":
         t91 = [(p, f"train/T91/{p.stem}.webp", "webp") for p in _images(source / "train/T91")]
         bsd = [(p, f"train/BSD200/{p.stem}.webp", "webp") for p in _images(source / "train/BSD200")]
-        set5 = [
-            (p, f"Set5/image_SRF_4/{p.name}", "copy")
-            for p in _images(source / "benchmark/Set5/image_SRF_4")
-            if p.stem.endswith(("_HR", "_LR"))
+        bsds = [(p, f"train/BSDS500-test/{p.name}", "copy") for p in _images(source / "train/BSDS500-test")]
+        kodak = [(p, f"Kodak24/{p.stem}.webp", "crop") for p in _images(source / "val/Kodak24")]
+        return [
+            Group("Kodak24 crops (val)", kodak, len(kodak)),
+            Group("T91", t91, len(t91)),
+            Group("BSDS500-test", bsds, len(bsds)),
+            Group("BSD200", bsd, min_keep=50),
         ]
-        # Set5 is kept byte for byte so the on-device eval equals the one here
-        return [Group("Set5 x4 (val)", set5, len(set5)), Group("T91", t91, len(t91)), Group("BSD200", bsd, min_keep=50)]
     if profile == "real":
         root = source / "real/City100-iPhoneX-train"
         hr = _images(root / "HR")
@@ -121,6 +131,9 @@ def encode(src: Path, how: str) -> bytes:
 
     with Image.open(io.BytesIO(raw)) as im:
         rgb = im.convert("RGB")  # training reads every image as RGB
+    if how == "crop":  # the central VAL_CROP x VAL_CROP
+        left, top = max(0, (rgb.width - VAL_CROP) // 2), max(0, (rgb.height - VAL_CROP) // 2)
+        rgb = rgb.crop((left, top, min(rgb.width, left + VAL_CROP), min(rgb.height, top + VAL_CROP)))
     buf = io.BytesIO()
     # method 4: as small as method 6 here (within 1%) at a fraction of the time
     rgb.save(buf, format="WEBP", lossless=True, quality=100, method=4, exact=True)
@@ -129,7 +142,7 @@ def encode(src: Path, how: str) -> bytes:
         same = np.array_equal(np.asarray(back.convert("RGB")), np.asarray(rgb))
     if not same:
         raise PackError(f"{src}: lossless WebP did not decode to the same pixels")
-    if src.suffix.lower() == ".png" and len(raw) <= len(data):
+    if how == "webp" and src.suffix.lower() == ".png" and len(raw) <= len(data):
         return raw  # the original PNG is smaller: keep it (the caller renames to .png)
     return data
 
@@ -139,8 +152,8 @@ def out_name(rel: str, data: bytes) -> str:
     return rel[: -len(".webp")] + ".png" if rel.endswith(".webp") and data[:4] == b"\x89PNG" else rel
 
 
-def tree_bytes(repo: Path, carry: Path) -> tuple[int, int]:
-    """(bytes git would send from the checkout, bytes under ``carry``).
+def tree_bytes(repo: Path, carry: Path, exclude: frozenset[str] = frozenset()) -> tuple[int, int]:
+    """(bytes git would send from the checkout, bytes under ``carry``); ``exclude``: paths held out.
 
     Outside a git checkout every file but ``.git`` and ``carry`` counts (an over-estimate).
     """
@@ -158,7 +171,7 @@ def tree_bytes(repo: Path, carry: Path) -> tuple[int, int]:
             if p.is_file() and not p.is_relative_to(carry) and ".git" not in p.relative_to(repo).parts
         }
     repo_bytes = 0
-    for n in names:
+    for n in names - exclude:
         p = repo / n
         if p.is_file() and not p.is_symlink():
             repo_bytes += p.stat().st_size
@@ -171,6 +184,49 @@ def tree_bytes(repo: Path, carry: Path) -> tuple[int, int]:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+
+
+def tracked_weights(repo: Path) -> list[Path]:
+    """The shipped weights files git tracks (relative to ``repo``), whether present or not."""
+    res = _git(repo, "ls-files", "--", f"{WEIGHTS.as_posix()}/*.safetensors")
+    if res.returncode != 0:
+        raise PackError(f"{repo}: not a git checkout: cannot hold out or restore tracked weights")
+    return [Path(n) for n in res.stdout.splitlines() if n]
+
+
+def hold_weights(repo: Path, names: list[str], dry_run: bool = False) -> list[Path]:
+    """Delete the named tracked weights files (``all``: every one) from the working tree; git keeps them.
+
+    Only files equal to the committed ones: :func:`restore_weights` brings back exactly those.
+    """
+    files = tracked_weights(repo)
+    unknown = sorted(set(names) - {"all"} - {f.stem for f in files})
+    if unknown:
+        raise PackError(f"--hold-weights: no tracked weights named {', '.join(unknown)} in {WEIGHTS}")
+    chosen = files if "all" in names else [f for f in files if f.stem in names]
+    for f in chosen:
+        if (repo / f).exists() and _git(repo, "diff", "--quiet", "HEAD", "--", str(f)).returncode != 0:
+            raise PackError(f"{f}: differs from the committed file: commit or restore it before holding it out")
+    for f in chosen if not dry_run else ():
+        (repo / f).unlink(missing_ok=True)
+    return chosen
+
+
+def restore_weights(repo: Path, only: list[Path] | None = None) -> list[Path]:
+    """Check out from HEAD every tracked weights file (of ``only``) missing from the working tree; verify it."""
+    missing = [f for f in tracked_weights(repo) if not (repo / f).exists() and (only is None or f in only)]
+    if missing:
+        res = _git(repo, "checkout", "HEAD", "--", *map(str, missing))
+        if res.returncode != 0:
+            raise PackError(f"git checkout of {', '.join(map(str, missing))} failed: {res.stderr.strip()}")
+    for f in missing:
+        if not (repo / f).is_file() or _git(repo, "diff", "--quiet", "HEAD", "--", str(f)).returncode != 0:
+            raise PackError(f"{f}: not restored to the committed file")
+    return missing
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,13 +274,39 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="MiB to count for files not there yet, e.g. 15.1 per fp16 lite weights file (default: 0)",
     )
+    ap.add_argument(
+        "--hold-weights",
+        metavar="NAMES",
+        default=None,
+        help="before measuring, delete these tracked weights files from the checkout so they do not travel "
+        "(comma-separated names such as real, or all; git keeps them: bring them back with --restore-weights)",
+    )
+    ap.add_argument(
+        "--restore-weights",
+        action="store_true",
+        help="only check out again every tracked weights file missing from the checkout, then exit",
+    )
     ap.add_argument("--dry-run", action="store_true", help="encode and measure, but write and delete nothing")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    repo = args.repo.resolve()
     try:
+        if args.restore_weights:
+            back = restore_weights(repo)
+            print(f"restored {', '.join(map(str, back))}" if back else "no weights file was missing")
+            return 0
+        args.held = []
+        if args.hold_weights:
+            names = [n.strip() for n in args.hold_weights.split(",") if n.strip()]
+            args.held = hold_weights(repo, names, dry_run=args.dry_run)
+            verb = "would hold" if args.dry_run else "held"
+            print(f"{verb} out of the transfer: {', '.join(map(str, args.held)) or 'nothing'} (--restore-weights)")
         return pack(args)
     except PackError as exc:
         print(f"pack_training_data: error: {exc}", file=sys.stderr)
+        if getattr(args, "held", None) and not args.dry_run:
+            with contextlib.suppress(PackError):
+                restore_weights(repo, only=args.held)  # nothing was packed: put back what this run held out
         return 2
 
 
@@ -281,7 +363,7 @@ def pack(args: argparse.Namespace) -> int:
     bar.close()
 
     # 2. the budget: everything that travels, with this profile's files in place of carry/data's
-    repo_bytes, carry_bytes = tree_bytes(repo, carry)
+    repo_bytes, carry_bytes = tree_bytes(repo, carry, frozenset(f.as_posix() for f in getattr(args, "held", [])))
     in_dest = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) if dest.is_dir() else 0
     other_carry = carry_bytes - in_dest if dest.is_relative_to(carry) else carry_bytes
     limit = (args.budget_mib - args.margin_mib) * MIB

@@ -72,3 +72,19 @@ def test_cpu_vs_peers_runs_or_says_how_to_get_spandrel() -> None:
         return
     out = _run(*args)
     assert "fp32 matmul peak" in out and all(name in out for name in ("hbpn default", "SPAN fp32", "SAFMN fp32"))
+
+
+def test_train_data_speed_prints_old_and_new(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "hr"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (70, 80, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data:\n  hr_dirs: [{images}]\n  patch: 32\n  scales: [2, 3]\ntrain:\n  batch: 4\n")
+    out = _run("train_data_speed.py", "--config", str(config), "--batches", "2", "--warmup", "1", "--threads", "1")
+    old, new = out.split("old ")[1].split()[0], out.split(" new ")[1].split()[0]
+    assert float(old) > 0 and float(new) > 0 and "speed-up" in out

@@ -1,7 +1,7 @@
 """scripts/device_train.sh and scripts/pack_training_data.py, end to end on a CPU.
 
 The device script runs its CPU smoke mode (DEVICE_TRAIN_SMOKE=1: fp32, 32-pixel
-patches, batch 2, a 4-step probe and 3 training steps) on a fake packed tree
+patches, a probe at batch 2 and 3 training steps) on a fake packed tree
 and a tiny-preset init file in tmp_path, so it touches neither carry/ nor
 src/hbpn/weights/. The packer runs on a fake datasets folder.
 """
@@ -43,16 +43,13 @@ def _photo(rng: np.random.Generator, h: int, w: int) -> Image.Image:
 def _fake_packed(root: Path) -> Path:
     """carry/data as pack_training_data.py lays it out for the default profile, tiny."""
     rng = np.random.default_rng(0)
-    for folder, n in (("train/T91", 2), ("train/BSD200", 2)):
+    for folder, n in (("train/T91", 2), ("train/BSD200", 2), ("train/BSDS500-test", 2), ("Kodak24", 2)):
         (root / folder).mkdir(parents=True)
         for i in range(n):
-            _photo(rng, 40, 48).save(root / folder / f"im{i}.webp", lossless=True)
-    set5 = root / "Set5" / "image_SRF_4"
-    set5.mkdir(parents=True)
-    for i in range(2):
-        hr = _photo(rng, 32, 40)
-        hr.save(set5 / f"img_00{i + 1}_SRF_4_HR.png")
-        hr.resize((10, 8), Image.BICUBIC).save(set5 / f"img_00{i + 1}_SRF_4_LR.png")
+            if folder.endswith("BSDS500-test"):
+                _photo(rng, 40, 48).save(root / folder / f"im{i}.jpg", quality=90)
+            else:
+                _photo(rng, 40, 48).save(root / folder / f"im{i}.webp", lossless=True)
     return root
 
 
@@ -97,6 +94,7 @@ def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
         "eval.md",
         "eval.json",
         "eval-init.json",
+        "report.json",
     }
     assert len(files) <= 8  # the device tool brings back 8 files at most
 
@@ -114,15 +112,20 @@ def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
     assert log[-1]["event"] == "end" and log[-1]["step"] == 3 and log[-1]["reason"] == "done"
     assert any("val_psnr" in r for r in log)
     cfg = (out / "config.yaml").read_text()
-    assert str(init) in cfg and str(data / "train" / "T91") in cfg and "seed: 7" in cfg  # overrides pass through
+    assert str(init) in cfg and str(data / "train" / "BSDS500-test") in cfg and "seed: 7" in cfg  # overrides pass
+    assert "pipeline: device" in cfg and "batch: 2" in cfg  # the probe's choice
 
     train_log = (out / "train.log").read_text()
-    assert "probe:" in train_log and "steps/s" in train_log and "== train: 3 steps" in train_log
+    assert "probe: batch 2 eager:" in train_log and "steps/s" in train_log and "== train: 3 steps" in train_log
     report = json.loads((out / "eval.json").read_text())
     before = json.loads((out / "eval-init.json").read_text())
     text = json.dumps(report)
-    assert "Set5" in text and "psnr" in text.lower() and text != json.dumps(before)
+    assert "Kodak24" in text and "psnr" in text.lower() and text != json.dumps(before)
     assert "# before" in (out / "eval.md").read_text()
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["steps"] == 3 and summary["batch"] == 2 and summary["mfu"] is None  # no GPU, no peak
+    assert summary["samples_per_s"] > 0 and summary["flop_per_sample"] > 1e6 and summary["val_psnr"] > 10
+    assert summary["tflops"] == pytest.approx(summary["samples_per_s"] * summary["flop_per_sample"] / 1e12)
 
 
 def test_device_train_refuses_missing_inputs(tmp_path: Path) -> None:
@@ -172,11 +175,11 @@ def _fake_datasets(root: Path) -> Path:
     shutil.copy(root / "train/T91/t0.bmp", root / "train/T91/t3.bmp")  # T91 has a duplicate too (t36, t65)
     for i in range(60):  # 50 are kept at least when trimming
         _photo(rng, 64, 64).save(root / "train/BSD200" / f"{100 + i}.png")
-    set5 = root / "benchmark/Set5/image_SRF_4"
-    set5.mkdir(parents=True)
+    (root / "train/BSDS500-test").mkdir(parents=True)
+    (root / "val/Kodak24").mkdir(parents=True)
     for i in range(2):
-        _photo(rng, 16, 16).save(set5 / f"img_00{i}_SRF_4_HR.png")
-        _photo(rng, 4, 4).save(set5 / f"img_00{i}_SRF_4_LR.png")
+        _photo(rng, 48, 40).save(root / "train/BSDS500-test" / f"{200 + i}.jpg", quality=85)
+        _photo(rng, 280, 300).save(root / "val/Kodak24" / f"kodim0{i + 1}.png")
     return root
 
 
@@ -196,16 +199,18 @@ def test_pack_lossless_idempotent_and_trimmed(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert "travelling tree" in res.stdout
     manifest = json.loads((dest / "MANIFEST.json").read_text())
-    assert manifest["profile"] == "default" and len(manifest["files"]) == 4 + 60 + 4
-    # lossless: every training image decodes to the source's RGB pixels
+    assert manifest["profile"] == "default" and len(manifest["files"]) == 4 + 60 + 2 + 2
+    # lossless: every image decodes to the source's RGB pixels (validation: its central 256 x 256)
     for rel, meta in manifest["files"].items():
         a = np.asarray(Image.open(dest / rel).convert("RGB"))
         b = np.asarray(Image.open(src / meta["source"]).convert("RGB"))
+        if rel.startswith("Kodak24/"):
+            b = b[12:268, 22:278]  # 280 x 300: top 12, left 22
         assert np.array_equal(a, b), rel
     t91 = sorted(p.name for p in (dest / "train/T91").iterdir())
     assert t91 == ["t0.webp", "t1.webp", "t2.webp", "t3.webp"]
-    set5 = dest / "Set5/image_SRF_4/img_000_SRF_4_HR.png"  # copied byte for byte
-    assert set5.read_bytes() == (src / "benchmark/Set5/image_SRF_4/img_000_SRF_4_HR.png").read_bytes()
+    jpeg = dest / "train/BSDS500-test/200.jpg"  # the JPEG originals travel byte for byte
+    assert jpeg.read_bytes() == (src / "train/BSDS500-test/200.jpg").read_bytes()
     # idempotent: a second run rewrites nothing
     stamps = {p: p.stat().st_mtime_ns for p in dest.rglob("*") if p.is_file() and p.name != "MANIFEST.json"}
     res = _pack("--source", str(src), "--repo", str(checkout), "--budget-mib", "1000")
@@ -278,3 +283,80 @@ def test_pack_real_keeps_withheld_pairs_apart(tmp_path: Path) -> None:
     assert 2 <= len(val) <= 7 and val == [f"{i:03d}" for i in range(41, 41 + len(val))]
     assert names(dest / "City100-train/HR") == [f"{i:03d}" for i in range(1, 41)]
     assert names(dest / "City100-val/LR") == val
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_pack_holds_weights_out_and_restores_them(tmp_path: Path) -> None:
+    src = _fake_datasets(tmp_path / "datasets")
+    checkout = tmp_path / "checkout"
+    weights = checkout / "src/hbpn/weights"
+    weights.mkdir(parents=True)
+    for name in ("default", "real"):
+        (weights / f"{name}.safetensors").write_bytes(name.encode() * 300_000)  # 2.1 and 1.2 MB
+    _git(checkout, "init", "-q")
+    _git(checkout, "add", ".")
+    _git(checkout, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "w")
+    committed = {p.name: p.read_bytes() for p in weights.iterdir()}
+    base = ["--source", str(src), "--repo", str(checkout), "--budget-mib", "1000"]
+    res = _pack(*base, "--hold-weights", "real", "--dry-run")
+    assert res.returncode == 0 and "would hold" in res.stdout and (weights / "real.safetensors").is_file()
+    before = float(_pack(*base, "--dry-run").stdout.split("repository ")[1].split(" MiB")[0])
+    held = float(res.stdout.split("repository ")[1].split(" MiB")[0])
+    assert before - held == pytest.approx(1.2e6 / 2**20, abs=0.01)  # the held file no longer counts
+    res = _pack(*base, "--hold-weights", "all")
+    assert res.returncode == 0, res.stderr
+    assert not any(weights.iterdir())  # nothing of them travels
+    res = _pack(*base, "--hold-weights", "bogus")
+    assert res.returncode == 2 and "no tracked weights named bogus" in res.stderr
+    res = _pack("--repo", str(checkout), "--restore-weights")
+    assert res.returncode == 0 and "restored" in res.stdout
+    assert {p.name: p.read_bytes() for p in weights.iterdir()} == committed
+    (weights / "real.safetensors").write_bytes(b"changed")  # an uncommitted change is never deleted
+    res = _pack(*base, "--hold-weights", "real")
+    assert res.returncode == 2 and "differs from the committed file" in res.stderr
+    assert (weights / "real.safetensors").read_bytes() == b"changed"
+
+
+@pytest.mark.slow
+def test_rehearsal_runs_the_device_call_on_the_cpu(tmp_path: Path) -> None:
+    """--rehearse links a datasets folder into the packed layout and writes the full report."""
+    shared = tmp_path / "datasets"
+    rng = np.random.default_rng(3)
+    for folder in ("train/T91", "train/BSD200", "train/BSDS500-test", "val/Kodak24"):
+        (shared / folder).mkdir(parents=True)
+        for i in range(2):
+            _photo(rng, 72, 80).save(shared / folder / f"im{i}.png")
+    out = tmp_path / "out"
+    env = _env(tmp_path, tmp_path, tmp_path, out, DEVICE_TRAIN_SHARED=str(shared), DEVICE_TRAIN_MAX_STEPS="4")
+    for key in ("DEVICE_TRAIN_DATA", "DEVICE_TRAIN_INIT", "DEVICE_TRAIN_SMOKE"):
+        env.pop(key)
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "--rehearse", "model.preset=tiny", "data.patch=32", "val.max_images=1"],
+        cwd=tmp_path,
+        env={**env, "DEVICE_TRAIN_BATCHES": "2", "DEVICE_TRAIN_MINUTES": "0.3"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert {p.name for p in out.iterdir()} == {
+        "default.safetensors",
+        "train.log",
+        "log.jsonl",
+        "config.yaml",
+        "eval.md",
+        "eval.json",
+        "report.json",
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert report["device"] == "cpu" and report["mfu"] is None and report["steps"] == 4
+    assert {"samples_per_s", "flop_per_sample", "mfu", "steps", "val_psnr"} <= set(report)
+    assert (
+        str(shared / "train" / "BSDS500-test") in (out / "config.yaml").read_text()
+        or "BSDS500-test" in (out / "config.yaml").read_text()
+    )

@@ -331,8 +331,11 @@ class Trainer:
         amp = cfg.train.amp != "none"
         dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
         step_loss = torch.zeros((), device=d.device)
+        graphs = cfg.train.compile and cfg.train.compile_mode == "reduce-overhead"
         for i in range(n_acc):
             x, y = next(it)
+            if graphs:  # CUDA graphs: a new iteration, the previous outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if self.ddp is not None and i < n_acc - 1:
                 sync = self.ddp.no_sync()

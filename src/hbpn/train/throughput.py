@@ -73,7 +73,8 @@ def measure(trainer: Any, batch: int, compiled: bool, seconds: float, warmup: in
     from hbpn.train.loop import _AllOutputs
 
     d = trainer.dist
-    trainer.cfg = dataclasses.replace(trainer.cfg, train=dataclasses.replace(trainer.cfg.train, batch=batch))
+    train = dataclasses.replace(trainer.cfg.train, batch=batch, compile=compiled)
+    trainer.cfg = dataclasses.replace(trainer.cfg, train=train)
     net = _AllOutputs(trainer.model)
     trainer.net = torch.compile(net, mode=trainer.cfg.train.compile_mode) if compiled else net
     try:
@@ -135,7 +136,10 @@ def probe(
             raise RuntimeError(f"no batch size of {sorted(set(batches))} fits on {d.device}")
         best = max(ok, key=lambda c: c.samples_per_s)
         if compile_best:
-            c = measure(trainer, best.batch, True, seconds_each, warmup=2)
+            try:
+                c = measure(trainer, best.batch, True, seconds_each, warmup=2)
+            except Exception as exc:  # a graph that does not compile: train eagerly, say why
+                c = Candidate(best.batch, True, error=f"compile failed: {type(exc).__name__}: {str(exc)[:200]}")
             tried.append(c)
             echo(_line(c, fps, peak))
             if c.error is None and c.samples_per_s > best.samples_per_s:

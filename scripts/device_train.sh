@@ -127,6 +127,14 @@ echo "== probe: batches $BATCHES" | tee -a "$LOG"
 "$PY" "$REPO/scripts/device_probe.py" --config "$CONFIG" --out "$WORK/probe.json" --batches "$BATCHES" \
   --seconds "$PROBE_SECONDS" --set "${SETS[@]}" 2>&1 | tee -a "$LOG"
 rc=${PIPESTATUS[0]}
+if [ $rc -ne 0 ] && ! printf '%s\n' "${SETS[@]}" "$@" | grep -q '^data.pipeline='; then
+  # never tried on a GPU before this loan: fall back to the loader path rather than lose the call
+  echo "== probe failed (status $rc) on the device data path: again with data.pipeline=loader" | tee -a "$LOG"
+  SETS+=(data.pipeline=loader "data.workers=$(( $(nproc) > 4 ? $(nproc) - 4 : 0 ))")
+  "$PY" "$REPO/scripts/device_probe.py" --config "$CONFIG" --out "$WORK/probe.json" --batches "$BATCHES" \
+    --seconds "$PROBE_SECONDS" --set "${SETS[@]}" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+fi
 [ $rc -eq 0 ] || fail "the probe failed (status $rc): see $LOG"
 
 # -- plan: the probe's choice, and the steps that fit the time left; validation and checkpoints four times

@@ -43,7 +43,7 @@ from torch import Tensor
 from hbpn.ops.resize import imresize
 from hbpn.train.config import DataSection, DegradeSection
 from hbpn.train.data import ImageSet, _pad_to
-from hbpn.train.degrade import draw_kernel, jpeg, region_size, resize
+from hbpn.train.degrade import draw_kernel, jpeg, pass_plan, region_size, resize
 
 #: Scale groups per batch under ``data.scale_range`` (each group gets its own uniform draw).
 RANGE_GROUPS = 8
@@ -261,10 +261,7 @@ def degrade_classic(hr: Tensor, lr: int, rng: np.random.Generator, gen: torch.Ge
 def _one_pass(
     img: Tensor, hw: tuple[int, int], rng: np.random.Generator, gen: torch.Generator, cfg: DegradeSection
 ) -> Tensor:
-    kernel = cfg.kernels[int(rng.integers(len(cfg.kernels)))]
-    steps = ["blur", "resize", "noise", "jpeg"]
-    if cfg.shuffle_prob > 0 and rng.random() < cfg.shuffle_prob:
-        steps = [steps[i] for i in rng.permutation(len(steps))]
+    kernel, steps = pass_plan(rng, cfg)
     for step in steps:
         if step == "blur":
             img = _blur_step(img, rng, cfg, rounded=False)

@@ -153,12 +153,18 @@ def _jpeg_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection)
     return jpeg(img.round().clamp_(0, 255).to(torch.uint8), q).float()
 
 
-def _one_pass(img: torch.Tensor, hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
-    """Blur, resize to ``hw``, noise, JPEG; in a random order with ``shuffle_prob``."""
+def pass_plan(rng: np.random.Generator, cfg: DegradeSection) -> tuple[str, list[str]]:
+    """The resize kernel of one second-order pass and the order of its steps (shuffled with ``shuffle_prob``)."""
     kernel = cfg.kernels[int(rng.integers(len(cfg.kernels)))]
     steps = ["blur", "resize", "noise", "jpeg"]
     if cfg.shuffle_prob > 0 and rng.random() < cfg.shuffle_prob:
         steps = [steps[i] for i in rng.permutation(len(steps))]
+    return kernel, steps
+
+
+def _one_pass(img: torch.Tensor, hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
+    """Blur, resize to ``hw``, noise, JPEG; in a random order with ``shuffle_prob``."""
+    kernel, steps = pass_plan(rng, cfg)
     for step in steps:
         if step == "blur":
             img = _blur_step(img, rng, cfg)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from hbpn.cli import main
 from hbpn.errors import HBPNError
-from hbpn.train import loop as trainer_mod
+from hbpn.train import batched as batched_mod
 from hbpn.train.config import config_from_dict
 from hbpn.train.data import load_hr_folders, load_pairs
 from hbpn.train.loop import Trainer
@@ -90,13 +90,13 @@ def test_resume_continues_at_the_stored_sample_when_the_batch_changes(
     images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     starts: list[int] = []
-    real = trainer_mod.make_loader
+    real = batched_mod.make_loader
 
     def recording(dataset: Any, batch: int, seed: int, start: int, *args: Any, **kwargs: Any) -> Any:
         starts.append(start)
         return real(dataset, batch, seed, start, *args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "make_loader", recording)
+    monkeypatch.setattr(batched_mod, "make_loader", recording)
     Trainer(tiny(images), tmp_path).run()  # 2 steps x batch 2: samples 0-3
     assert torch.load(tmp_path / "state.pt", weights_only=True)["samples"] == 4
     Trainer(tiny(images, train={"steps": 3, "batch": 1}), tmp_path, resume=True).run()

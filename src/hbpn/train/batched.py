@@ -33,6 +33,7 @@ of each sample is unchanged.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hbpn.ops.resize import imresize
-from hbpn.train.config import DataSection, DegradeSection
-from hbpn.train.data import ImageSet, _pad_to
+from hbpn.train.config import DataSection, DegradeSection, TrainConfig
+from hbpn.train.data import ImageSet, PatchDataset, _pad_to, make_loader
 from hbpn.train.degrade import draw_kernel, jpeg, pass_plan, region_size, resize
 
 #: Scale groups per batch under ``data.scale_range`` (each group gets its own uniform draw).
@@ -366,3 +367,21 @@ class DeviceBatches:
             hr = gather(self.hr, crops, region)
             out.append((degrade(hr, lr, rng, gen, self.cfg)[..., :p, :p], hr[..., :p, :p].float().div_(255.0)))
         return out
+
+
+def batch_stream(
+    dataset: PatchDataset, cfg: TrainConfig, device: torch.device, rank: int, world: int, start: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(input, target) batches on ``device`` from global sample ``start``, by ``cfg.data.pipeline``."""
+    t = cfg.train
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    if cfg.data.pipeline == "device":
+        source = DeviceBatches(dataset.images, cfg.data, cfg.degrade, t.seed, device, dataset.pairs, rank)
+        number = start // (t.batch * world)
+        while True:
+            x, y = source.batch(number, t.batch)
+            number += 1
+            yield x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt)
+    loader = make_loader(dataset, t.batch, t.seed, start, rank, world, cfg.data.workers, pin=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True, memory_format=fmt)

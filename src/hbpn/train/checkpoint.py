@@ -13,7 +13,9 @@ import json
 import os
 import pickle
 import random
-from collections.abc import Mapping
+import shutil
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -199,3 +201,59 @@ def debug_hash(model: HBPN, rank: int) -> None:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     Path(folder, f"rank{rank}.sha256").write_text(h.hexdigest() + "\n", encoding="utf-8")
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """Refuse a run folder that is a file, or holds another run (unless resuming); clear a failed start's leftovers."""
+    if resume:
+        if not (out / STATE).is_file():
+            raise HBPNError(f"{out}: nothing to resume (no {STATE})")
+    elif out.exists() and not out.is_dir():
+        raise HBPNError(f"{out} is a file, not a folder: choose another --out")
+    elif out.exists():
+        names = {p.name for p in out.iterdir()}
+        if names and not names <= {CONFIG, LOG, "tb"}:
+            raise HBPNError(f"{out} is not empty: pass --resume to continue the run in it, or choose another --out")
+        # only the leftovers of a run that failed before its first checkpoint: start afresh
+        (out / LOG).unlink(missing_ok=True)
+        if (out / "tb").is_dir():
+            shutil.rmtree(out / "tb")
+
+
+def to_cpu(obj: Any) -> Any:
+    """A copy of nested dicts/lists/tuples with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """One write at a time on a thread; :meth:`wait` joins it and raises what it raised."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()  # never two writes of the same files at once
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # handed to the loop's thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="checkpoint")
+        self._thread.start()
+
+    def wait(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error

@@ -13,7 +13,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -30,8 +29,9 @@ from hbpn.errors import HBPNError
 from hbpn.io.files import atomic_path
 from hbpn.model import HBPN
 from hbpn.train import checkpoint as ckpt
+from hbpn.train.batched import batch_stream
 from hbpn.train.config import TrainConfig
-from hbpn.train.data import PatchDataset, load_training_images, load_training_pairs, make_loader
+from hbpn.train.data import PatchDataset, load_training_images, load_training_pairs
 from hbpn.train.distributed import DistInfo, any_across, barrier, mean_across, setup, teardown
 from hbpn.train.throughput import flop_per_sample, mfu
 from hbpn.weights.store import read_weights
@@ -75,17 +75,6 @@ class _AllOutputs(nn.Module):
         return out.image, out.stages
 
 
-def _to_cpu(obj: Any) -> Any:
-    """A copy of nested dicts/lists/tuples with every tensor cloned to the CPU."""
-    if isinstance(obj, Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 class Trainer:
     """Set up from a config and an output folder; :meth:`run` trains."""
 
@@ -104,8 +93,7 @@ class Trainer:
         self.dist: DistInfo | None = None
         self.tb: Any = None
         self.stop_requested = threading.Event()  # set (e.g. on SIGTERM) to stop after the current step
-        self._writer: threading.Thread | None = None  # the checkpoint being written in the background
-        self._write_error: BaseException | None = None
+        self.writer = ckpt.BackgroundWriter()  # "last" checkpoints go to disk beside the loop
         self._last_log: tuple[float, int] | None = None  # (time, samples) at the last log line
 
     # ------------------------------------------------------------------ helpers
@@ -118,25 +106,6 @@ class Trainer:
         if self.dist.is_main:
             with open(self.out / ckpt.LOG, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
-
-    def _check_out(self) -> None:
-        if int(os.environ.get("RANK", "0")) != 0:
-            return  # rank 0 checks, before it creates anything in the folder
-        if self.resume:
-            if not (self.out / ckpt.STATE).is_file():
-                raise HBPNError(f"{self.out}: nothing to resume (no {ckpt.STATE})")
-        elif self.out.exists() and not self.out.is_dir():
-            raise HBPNError(f"{self.out} is a file, not a folder: choose another --out")
-        elif self.out.exists():
-            names = {p.name for p in self.out.iterdir()}
-            if names and not names <= {ckpt.CONFIG, ckpt.LOG, "tb"}:
-                raise HBPNError(
-                    f"{self.out} is not empty: pass --resume to continue the run in it, or choose another --out"
-                )
-            # only the leftovers of a run that failed before its first checkpoint: start afresh
-            (self.out / ckpt.LOG).unlink(missing_ok=True)
-            if (self.out / "tb").is_dir():
-                shutil.rmtree(self.out / "tb")
 
     def _build(self) -> None:
         cfg, d = self.cfg, self.dist
@@ -254,64 +223,20 @@ class Trainer:
             ckpt.write_weights(model, self.out / ckpt.BEST, meta)
             return
         # a CPU copy now (one device sync), the files in the background: the loop does not wait for the disk
-        snapshot = copy.deepcopy(model).to("cpu"), _to_cpu(self._state())
-        self.wait_for_writes()
-        self._writer = threading.Thread(target=self._write_last, args=(*snapshot, meta), name="checkpoint")
-        self._writer.start()
+        cpu_model, state = copy.deepcopy(model).to("cpu"), ckpt.to_cpu(self._state())
 
-    def _write_last(self, model: HBPN, state: dict[str, Any], meta: dict[str, str]) -> None:
-        try:
-            ckpt.write_weights(model, self.out / ckpt.LAST, meta)
+        def write() -> None:
+            ckpt.write_weights(cpu_model, self.out / ckpt.LAST, meta)
             ckpt.write_state(self.out, state)
-        except BaseException as exc:  # re-raised in the loop's thread by wait_for_writes
-            self._write_error = exc
 
-    def wait_for_writes(self) -> None:
-        """Block until the last checkpoint is on disk; raise what writing it raised."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.join()
-        error, self._write_error = self._write_error, None
-        if error is not None:
-            raise error
+        self.writer.submit(write)
 
     # ------------------------------------------------------------------ the loop
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        d, t = self.dist, self.cfg.train
+        """The run's batches on its device, from its sample position (either data path)."""
+        d = self.dist
         assert d is not None
-        fmt = torch.channels_last if t.channels_last else torch.contiguous_format
-        if self.cfg.data.pipeline == "device":
-            yield from self._device_batches(fmt)
-            return
-        loader = make_loader(
-            self.dataset,
-            t.batch,
-            t.seed,
-            self.samples,
-            d.rank,
-            d.world,
-            self.cfg.data.workers,
-            pin=d.device.type == "cuda",
-        )
-        for x, y in loader:
-            yield (
-                x.to(d.device, non_blocking=True, memory_format=fmt),
-                y.to(d.device, non_blocking=True, memory_format=fmt),
-            )
-
-    def _device_batches(self, fmt: torch.memory_format) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches made on the training device (``data.pipeline: device``), from the run's sample position."""
-        from hbpn.train.batched import DeviceBatches
-
-        d, t = self.dist, self.cfg.train
-        assert d is not None
-        ds = self.dataset
-        source = DeviceBatches(ds.images, self.cfg.data, self.cfg.degrade, t.seed, d.device, ds.pairs, d.rank)
-        number = self.samples // (t.batch * d.world)
-        while True:
-            x, y = source.batch(number, t.batch)
-            number += 1
-            yield x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt)
+        return batch_stream(self.dataset, self.cfg, d.device, d.rank, d.world, self.samples)
 
     def loss_fn(self, out: Tensor, stages: list[Tensor], y: Tensor) -> Tensor:
         red = self.cfg.loss.reduction
@@ -407,7 +332,8 @@ class Trainer:
     def run(self) -> TrainResult:
         from tqdm import tqdm
 
-        self._check_out()
+        if int(os.environ.get("RANK", "0")) == 0:  # rank 0 checks, before anything is created
+            ckpt.check_out(self.out, self.resume)
         self.dist = d = setup(self.cfg.train.device)
         try:
             if d.is_main:
@@ -433,7 +359,7 @@ class Trainer:
             return self._loop(tqdm)
         finally:
             with contextlib.suppress(Exception):  # an error of its own is already on its way up
-                self.wait_for_writes()
+                self.writer.wait()
             if self.tb is not None:
                 self.tb.close()
             if hasattr(self, "model"):
@@ -481,7 +407,7 @@ class Trainer:
             bar.close()
             self.echo(f"interrupted at step {self.step}: writing a checkpoint")
             self.save()
-            self.wait_for_writes()
+            self.writer.wait()
             self.log({"event": "end", "step": self.step, "reason": "interrupted", "elapsed": round(self.elapsed(), 3)})
             raise
         bar.close()
@@ -490,10 +416,10 @@ class Trainer:
         if self.valset is not None and self.step % cfg.val.every != 0 and self.step > 0:
             self.validate()
         if saved != self.step or not (self.out / ckpt.STATE).is_file():
-            self.wait_for_writes()  # the last periodic checkpoint may still be on its way
+            self.writer.wait()  # the last periodic checkpoint may still be on its way
             if saved != self.step or not (self.out / ckpt.STATE).is_file():
                 self.save()
-        self.wait_for_writes()
+        self.writer.wait()
         self.log({"event": "end", "step": self.step, "reason": reason, "elapsed": round(self.elapsed(), 3)})
         return TrainResult(self.step, reason, self.out, self.best, last)
 

@@ -6,7 +6,7 @@ config's trainer once, times its own training step at each ``--batches`` size
 fastest one compiled (``train.compile_mode``, default ``reduce-overhead``:
 CUDA graphs), and writes a JSON report with the device's measured bf16
 matmul peak, FLOPs per sample, every candidate (samples/s, TFLOP/s, MFU) and
-the choice, its learning rate scaled by ``sqrt(batch / train.batch)``.
+the choice, its learning rate scaled by ``sqrt(batch / train.batch)`` (at most 2x).
 
     python scripts/device_probe.py --config configs/device-h100.yaml --out probe.json
     python scripts/device_probe.py --config configs/device-h100.yaml --out probe.json --batches 4,8 \\

@@ -12,7 +12,7 @@
 #   1. GPU and torch facts into $OUT/train.log;
 #   2. the throughput probe (scripts/device_probe.py): the bf16 matmul peak, the training
 #      step at batch 64-512 and the fastest one compiled; keeps the best samples/s, with
-#      the learning rate scaled by sqrt(batch / train.batch);
+#      the learning rate scaled by sqrt(batch / train.batch), at most 2x;
 #   3. the training at that setting, its train.steps lowered to what fits the time left,
 #      under `timeout -s INT` so it always stops with a checkpoint before the deadline;
 #      the log reports samples/s, TFLOP/s and MFU;

@@ -22,6 +22,9 @@ from hbpn.model import HBPN
 from hbpn.profile import macs_per_megapixel
 from hbpn.train.config import TrainConfig
 
+#: The probe never raises the learning rate more than this factor above ``optim.lr``.
+LR_CAP = 2.0
+
 
 def flop_per_sample(model: HBPN, patch: int) -> float:
     """Training FLOPs of one ``patch x patch`` sample: 3 x 2 x the network's MACs at that size."""
@@ -111,7 +114,7 @@ def probe(
     Returns a JSON-ready report: the device, its measured matmul ``peak_flops``,
     ``flop_per_sample``, every candidate, and ``choice``: the fastest
     (samples/s) with the learning rate scaled by ``sqrt(batch / train.batch)``
-    (the square-root rule for Adam).
+    (the square-root rule for Adam), at most :data:`LR_CAP` times ``optim.lr``.
     """
     from hbpn.train.distributed import setup, teardown
     from hbpn.train.loop import Trainer
@@ -146,7 +149,8 @@ def probe(
                 best = c
     finally:
         teardown(d)
-    lr = cfg.optim.lr * math.sqrt(best.batch / cfg.train.batch)
+    # the square-root rule, capped at 2x: large-batch Adam on this network has not been tried yet
+    lr = cfg.optim.lr * min(LR_CAP, math.sqrt(best.batch / cfg.train.batch))
     return {
         "device": torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else "cpu",
         "peak_flops": peak,

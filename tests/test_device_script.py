@@ -26,6 +26,8 @@ from hbpn.weights.store import load_model, save_weights
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "device_train.sh"
 PACK = REPO / "scripts" / "pack_training_data.py"
+#: What a device call brings back in $OUT (with eval-init.json when it starts from weights).
+CALL_FILES = {"default.safetensors", "train.log", "log.jsonl", "config.yaml", "eval.md", "eval.json", "report.json"}
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and coreutils' timeout"
@@ -86,16 +88,7 @@ def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
     files = {p.name for p in out.iterdir()}
-    assert files == {
-        "default.safetensors",
-        "train.log",
-        "log.jsonl",
-        "config.yaml",
-        "eval.md",
-        "eval.json",
-        "eval-init.json",
-        "report.json",
-    }
+    assert files == CALL_FILES | {"eval-init.json"}
     assert len(files) <= 8  # the device tool brings back 8 files at most
 
     model = load_model(out / "default.safetensors", device="cpu")
@@ -344,15 +337,7 @@ def test_rehearsal_runs_the_device_call_on_the_cpu(tmp_path: Path) -> None:
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == {
-        "default.safetensors",
-        "train.log",
-        "log.jsonl",
-        "config.yaml",
-        "eval.md",
-        "eval.json",
-        "report.json",
-    }
+    assert {p.name for p in out.iterdir()} == CALL_FILES  # no start weights: no eval-init.json
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["mfu"] is None and report["steps"] == 4
     assert {"samples_per_s", "flop_per_sample", "mfu", "steps", "val_psnr"} <= set(report)

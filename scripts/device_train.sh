@@ -38,7 +38,8 @@ set -uo pipefail
 
 REHEARSE=0
 if [ "${1:-}" = --rehearse ]; then REHEARSE=1; shift; PROFILE=default; else PROFILE=${1:-default}; fi
-[ $REHEARSE = 1 ] || shift $(( $# > 0 ? 1 : 0 ))  # the rest: KEY=VALUE overrides for hbpn train --set
+[ $REHEARSE = 1 ] || shift $(( $# > 0 ? 1 : 0 ))
+ARGS=("$@")  # the rest: KEY=VALUE overrides for hbpn train --set (and the probe)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
 case "$PROFILE" in
@@ -123,17 +124,31 @@ fi
 } 2>&1 | tee -a "$LOG"
 
 # -- 2. probe: samples per second at each batch size (and compiled), on this machine
+[ -n "$INIT" ] || {  # the config's own start weights, if any, must be here (not held out of the transfer)
+  CFG_INIT=$("$PY" -c "import sys; from hbpn.train.config import load_config
+print(load_config(sys.argv[1], sys.argv[2:]).train.init_from or '')" "$CONFIG" "${SETS[@]}" "${ARGS[@]}") \
+    || fail "$CONFIG: cannot read the config (see above)"
+  [ -z "$CFG_INIT" ] || [ -f "$CFG_INIT" ] \
+    || fail "$CFG_INIT: the config's train.init_from is missing (held out? set DEVICE_TRAIN_INIT)"
+}
+PROBE_LIMIT=${DEVICE_TRAIN_PROBE_LIMIT:-200}
+probe() {  # device_probe.py with extra options "$@", at most PROBE_LIMIT seconds
+  timeout -s INT -k 10 "$PROBE_LIMIT" "$PY" "$REPO/scripts/device_probe.py" --config "$CONFIG" \
+    --out "$WORK/probe.json" --batches "$BATCHES" --seconds "$PROBE_SECONDS" "$@" 2>&1 | tee -a "$LOG"
+  return "${PIPESTATUS[0]}"
+}
 echo "== probe: batches $BATCHES" | tee -a "$LOG"
-"$PY" "$REPO/scripts/device_probe.py" --config "$CONFIG" --out "$WORK/probe.json" --batches "$BATCHES" \
-  --seconds "$PROBE_SECONDS" --set "${SETS[@]}" 2>&1 | tee -a "$LOG"
-rc=${PIPESTATUS[0]}
-if [ $rc -ne 0 ] && ! printf '%s\n' "${SETS[@]}" "$@" | grep -q '^data.pipeline='; then
+probe --set "${SETS[@]}" "${ARGS[@]}"; rc=$?
+if [ $rc -eq 124 ]; then  # out of time, most likely compiling: the eager sizes only
+  echo "== probe ran past ${PROBE_LIMIT}s: again without the compiled candidate" | tee -a "$LOG"
+  probe --compile no --set "${SETS[@]}" "${ARGS[@]}"; rc=$?
+fi
+PICKED=0; for kv in "${SETS[@]}" "${ARGS[@]}"; do [[ $kv == data.pipeline=* ]] && PICKED=1; done
+if [ $rc -ne 0 ] && [ $PICKED = 0 ]; then
   # never tried on a GPU before this loan: fall back to the loader path rather than lose the call
   echo "== probe failed (status $rc) on the device data path: again with data.pipeline=loader" | tee -a "$LOG"
   SETS+=(data.pipeline=loader "data.workers=$(( $(nproc) > 4 ? $(nproc) - 4 : 0 ))")
-  "$PY" "$REPO/scripts/device_probe.py" --config "$CONFIG" --out "$WORK/probe.json" --batches "$BATCHES" \
-    --seconds "$PROBE_SECONDS" --set "${SETS[@]}" 2>&1 | tee -a "$LOG"
-  rc=${PIPESTATUS[0]}
+  probe --compile no --set "${SETS[@]}" "${ARGS[@]}"; rc=$?
 fi
 [ $rc -eq 0 ] || fail "the probe failed (status $rc): see $LOG"
 
@@ -160,16 +175,23 @@ echo "$PLAN" | tail -n +2 | tee -a "$LOG"
 read -r STEPS EVERY MAXMIN BATCH LR COMPILE PEAK <<< "$(echo "$PLAN" | head -n 1)"
 [ -n "${PEAK:-}" ] || fail "could not plan the run from the probe ($WORK/probe.json)"
 SETS+=("train.batch=$BATCH" "optim.lr=$LR" "train.compile=$COMPILE" "train.peak_flops=$PEAK")
-SETS+=("$@")  # the command line's overrides win
+SETS+=("${ARGS[@]}")  # the command line's overrides win
 
 # -- 3. train; SIGINT at the deadline makes hbpn train write its checkpoint and stop
 LIMIT=$((DEADLINE - SECONDS - POST))
 [ $LIMIT -gt 30 ] || fail "only ${LIMIT}s left before the deadline: nothing trained"
+# the loop's own clock starts after start-up: stop it STARTUP + 15 s before the kill, so the final
+# validation and checkpoint happen in time and SIGINT is only the backstop
+MAXMIN=$("$PY" -c "import sys; print(f'{max(0.25, min(float(sys.argv[1]), (int(sys.argv[2]) - int(sys.argv[3]) - 15) / 60)):.2f}')" \
+  "$MAXMIN" "$LIMIT" "$STARTUP")
 echo "== train: $STEPS steps, validation and checkpoints every $EVERY, backstop ${MAXMIN} min, kill at ${LIMIT}s" \
   | tee -a "$LOG"
 timeout -s INT -k 30 "$LIMIT" "$PY" -m hbpn train --config "$CONFIG" --out "$WORK/run" --steps "$STEPS" --quiet \
   --set "${SETS[@]}" val.every=$EVERY train.ckpt_every=$EVERY train.max_minutes=$MAXMIN 2>&1 | tee -a "$LOG"
 TRAIN_RC=$?
+if [ $TRAIN_RC -eq 124 ] && [ -f "$WORK/run/last.safetensors" ]; then
+  TRAIN_RC=3  # stopped by the deadline with a checkpoint (124 would read as the tool's own timeout)
+fi
 [ $TRAIN_RC -eq 0 ] || echo "device_train.sh: training exited with status $TRAIN_RC" | tee -a "$LOG" >&2
 for f in log.jsonl config.yaml; do [ -f "$WORK/run/$f" ] && cp "$WORK/run/$f" "$OUT/$f"; done
 [ -f "$WORK/run/last.safetensors" ] || fail "no checkpoint was written (training status $TRAIN_RC)"
@@ -183,14 +205,16 @@ from hbpn.weights import load_model, save_weights
 src, dst = sys.argv[1:3]
 model = load_model(src, device="cpu")
 bad = [k for k, v in model.state_dict().items() if not torch.isfinite(v.half()).all()]
-if bad:
-    sys.exit(f"{src}: not finite in fp16: {', '.join(bad[:3])}")
+dtype = torch.float16
+if bad:  # keep the run anyway: bf16 has fp32's range at fp16's size
+    print(f"{src}: not finite in fp16 ({', '.join(bad[:3])}): writing bf16")
+    dtype = torch.bfloat16
 meta = {k: v for k, v in model.metadata.items() if k not in ("format", "config")}
 meta["trained_on"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-save_weights(model, dst, dtype=torch.float16, metadata=meta)
+save_weights(model, dst, dtype=dtype, metadata=meta)
 back = load_model(dst, device="cpu")
 err = max((a - b).abs().max().item() for a, b in zip(model.state_dict().values(), back.state_dict().values()))
-print(f"wrote {dst}: step {meta.get('step')}, largest fp16 rounding {err:.2e}")
+print(f"wrote {dst}: step {meta.get('step')}, largest {str(dtype)[6:]} rounding {err:.2e}")
 EOF
 EXPORT_RC=$?
 

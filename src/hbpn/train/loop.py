@@ -259,7 +259,7 @@ class Trainer:
         graphs = cfg.train.compile and cfg.train.compile_mode == "reduce-overhead"
         for i in range(n_acc):
             x, y = next(it)
-            if graphs:  # CUDA graphs: a new iteration, the previous outputs may be overwritten
+            if graphs and i == 0:  # CUDA graphs: a new step (not per micro-batch: accumulated grads live on)
                 torch.compiler.cudagraph_mark_step_begin()
             sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if self.ddp is not None and i < n_acc - 1:
@@ -411,14 +411,17 @@ class Trainer:
             self.log({"event": "end", "step": self.step, "reason": "interrupted", "elapsed": round(self.elapsed(), 3)})
             raise
         bar.close()
-        if self.acc_n:
-            last = self._log_interval(bar)
-        if self.valset is not None and self.step % cfg.val.every != 0 and self.step > 0:
-            self.validate()
+        try:
+            if self.acc_n:
+                last = self._log_interval(bar)
+            if self.valset is not None and self.step % cfg.val.every != 0 and self.step > 0:
+                self.validate()
+        except KeyboardInterrupt:  # a deadline's SIGINT during the last validation: keep the weights
+            self.echo(f"interrupted at step {self.step}: writing a checkpoint")
+            reason = "interrupted"
+        self.writer.wait()  # the last periodic checkpoint may still be on its way
         if saved != self.step or not (self.out / ckpt.STATE).is_file():
-            self.writer.wait()  # the last periodic checkpoint may still be on its way
-            if saved != self.step or not (self.out / ckpt.STATE).is_file():
-                self.save()
+            self.save()
         self.writer.wait()
         self.log({"event": "end", "step": self.step, "reason": reason, "elapsed": round(self.elapsed(), 3)})
         return TrainResult(self.step, reason, self.out, self.best, last)

@@ -122,6 +122,8 @@ def probe(
     no_val = dataclasses.replace(cfg, val=dataclasses.replace(cfg.val, dir=None))
     trainer = Trainer(no_val, scratch)
     trainer.dist = d = setup(cfg.train.device)
+    if d.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the training run does
     try:
         trainer.step = trainer.micro = trainer.samples = 0
         trainer._build()

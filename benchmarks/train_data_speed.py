@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,9 +63,8 @@ def main() -> None:
     print(f"speed-up {new / old:.2f}x ({Path(args.config).name}, batch {batch}, new path on {device})")
 
 
-def _rate(make: object, batch: int, batches: int, warmup: int, device: torch.device | str) -> float:
+def _rate(make: Callable[[], object], batch: int, batches: int, warmup: int, device: torch.device | str) -> float:
     """Samples per second of ``make()`` (one batch per call), wall clock, synchronised on GPUs."""
-    assert callable(make)
     for _ in range(warmup):
         make()
     if torch.device(device).type == "cuda":

@@ -76,7 +76,7 @@ def pack(images: list[np.ndarray], device: torch.device, region: int) -> Packed:
     """``H x W x 3`` uint8 arrays -> :class:`Packed` on ``device``, padded for crops of ``region`` pixels."""
     hw = np.array([img.shape[:2] for img in images], dtype=np.int64).reshape(-1, 2)
     padded = [_pad_to(img, region) for img in images]
-    height, width = max(max(hw[:, 0]), region), max(max(hw[:, 1]), region)
+    height, width = max(int(hw[:, 0].max()), region), max(int(hw[:, 1].max()), region)
     data = torch.zeros((len(padded), 3, int(height), int(width)), dtype=torch.uint8)
     for n, img in enumerate(padded):
         data[n, :, : img.shape[0], : img.shape[1]] = torch.from_numpy(img).permute(2, 0, 1)
@@ -130,7 +130,8 @@ def gather(p: Packed, c: Crops, size: int) -> Tensor:
 
     The same pixels as the loader path's reflect-pad, crop, ``np.rot90(k)`` and
     left-right flip. On a GPU one ``take`` with the transform folded into
-    precomputed source offsets; on a CPU a copy per patch, 10x cheaper there.
+    precomputed source offsets; on a CPU a copy per patch, about 4x cheaper there
+    (1.7 against 7.6 ms for 64 patches of 96 pixels, one thread of a Zen 3).
     """
     return (_gather_loop if p.data.device.type == "cpu" else _gather_take)(p, c, size)
 
@@ -382,6 +383,7 @@ def batch_stream(
             x, y = source.batch(number, t.batch)
             number += 1
             yield x.contiguous(memory_format=fmt), y.contiguous(memory_format=fmt)
-    loader = make_loader(dataset, t.batch, t.seed, start, rank, world, cfg.data.workers, pin=device.type == "cuda")
-    for x, y in loader:
-        yield x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True, memory_format=fmt)
+    else:
+        loader = make_loader(dataset, t.batch, t.seed, start, rank, world, cfg.data.workers, pin=device.type == "cuda")
+        for x, y in loader:
+            yield x.to(device, non_blocking=True, memory_format=fmt), y.to(device, non_blocking=True, memory_format=fmt)

@@ -107,7 +107,7 @@ class Trainer:
             with open(self.out / ckpt.LOG, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
 
-    def _build(self) -> None:
+    def build(self) -> None:
         cfg, d = self.cfg, self.dist
         assert d is not None
         torch.manual_seed(cfg.train.seed)
@@ -329,25 +329,30 @@ class Trainer:
             return
         self.tb = SummaryWriter(str(self.out / "tb"), purge_step=self.step + 1 if self.resume else None)
 
+    def start(self) -> DistInfo:
+        """The process group, device settings and zeroed counters: what a run and the probe need first."""
+        self.dist = d = setup(self.cfg.train.device)
+        if d.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.step = self.micro = self.samples = self.acc_n = 0
+        self.best = None
+        self.prior_elapsed, self.t0 = 0.0, time.monotonic()
+        return d
+
     def run(self) -> TrainResult:
         from tqdm import tqdm
 
         if int(os.environ.get("RANK", "0")) == 0:  # rank 0 checks, before anything is created
             ckpt.check_out(self.out, self.resume)
-        self.dist = d = setup(self.cfg.train.device)
+        d = self.start()
         try:
             if d.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
             barrier(d)
-            if d.device.type == "cuda":
-                torch.backends.cudnn.benchmark = True
-            self.step = self.micro = self.samples = self.acc_n = 0
-            self.best = None
-            self.prior_elapsed, self.t0 = 0.0, time.monotonic()
             st = ckpt.read_state(self.out) if self.resume else None
             for msg in ckpt.resume_notes(st, self.cfg, self.out) if st is not None else ():
                 self.echo(msg)  # raises first when the network itself changed
-            self._build()
+            self.build()
             self.acc_loss = torch.zeros((), device=d.device)
             if st is not None:
                 self._restore(st)

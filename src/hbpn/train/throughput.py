@@ -116,17 +116,14 @@ def probe(
     (samples/s) with the learning rate scaled by ``sqrt(batch / train.batch)``
     (the square-root rule for Adam), at most :data:`LR_CAP` times ``optim.lr``.
     """
-    from hbpn.train.distributed import setup, teardown
+    from hbpn.train.distributed import teardown
     from hbpn.train.loop import Trainer
 
     no_val = dataclasses.replace(cfg, val=dataclasses.replace(cfg.val, dir=None))
     trainer = Trainer(no_val, scratch)
-    trainer.dist = d = setup(cfg.train.device)
-    if d.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the training run does
+    d = trainer.start()  # the run's own device settings (cudnn.benchmark too)
     try:
-        trainer.step = trainer.micro = trainer.samples = 0
-        trainer._build()
+        trainer.build()
         peak = matmul_peak(d.device) if d.device.type == "cuda" else None
         fps = flop_per_sample(trainer.model, cfg.data.patch)
         tried: list[Candidate] = []

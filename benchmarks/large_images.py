@@ -61,11 +61,16 @@ def interleaved(fn: Callable[[], object], repeats: int, peak: float | None) -> t
     return min(times), max(peaks), [p * t for p, t in zip(peaks, times)]
 
 
-def outside_seconds(model: HBPN, lr: torch.Tensor, tile: int, args: argparse.Namespace) -> float:
+def tile_specs(text: str) -> list[tuple[int, int | None]]:
+    """``1024,2048:160`` -> [(1024, None), (2048, 160)]: tile edges, each with its own pad or --tile-pad's."""
+    return [(int(t), int(p)) if p else (int(t), None) for t, _, p in (v.partition(":") for v in text.split(","))]
+
+
+def outside_seconds(model: HBPN, lr: torch.Tensor, tile: int, pad: int, args: argparse.Namespace) -> float:
     """Best-of seconds of the same upscale with the network replaced by the identity."""
     ident = copy.copy(model)  # shares the weights; only the instance's forward_all differs
     ident.forward_all = lambda x: HBPNOutput(x, [x], x[:, : model.cfg.stages])  # type: ignore[method-assign]
-    return best_of(lambda: upscale(lr, 4, ident, tile=tile, tile_pad=args.tile_pad), repeats=args.repeats)
+    return best_of(lambda: upscale(lr, 4, ident, tile=tile, tile_pad=pad), repeats=args.repeats)
 
 
 def main() -> None:
@@ -77,7 +82,12 @@ def main() -> None:
         default=[1024, 2048, 2880],
         help="comma-separated square output edges (default 1024,2048,2880: 1, 4.2, 8.3 MP)",
     )
-    p.add_argument("--tiles", type=ints, default=[512, 768, 1024], help="tile edges (default 512,768,1024)")
+    p.add_argument(
+        "--tiles",
+        type=tile_specs,
+        default=[(512, None), (768, None), (1024, None)],
+        help="tile edges, each optionally TILE:PAD (default 512,768,1024; e.g. 1024:48,2048:160)",
+    )
     p.add_argument("--tile-pad", type=int, default=16, help="overlap on each side of a tile (default 16)")
     p.add_argument("--batches", type=ints, default=[1], help="tile passes per forward (default 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network first (not timed)")
@@ -110,7 +120,7 @@ def main() -> None:
         print_machine(info)
         print(f"model {args.model}: {gflop_mp:.1f} GFLOP per output MP")
         print(
-            f"{'size':>5} {'MP':>5} {'tile':>5} {'batch':>5} {'covered':>8} {'s/MP':>7} {'GFLOP/s':>8} "
+            f"{'size':>5} {'MP':>5} {'tile':>5} {'pad':>4} {'batch':>5} {'covered':>8} {'s/MP':>7} {'GFLOP/s':>8} "
             f"{'peak':>6} {'% peak':>7}"
         )
         print(
@@ -121,11 +131,12 @@ def main() -> None:
     for size in args.sizes:
         lr = torch.rand(3, size // 4, size // 4)
         mp = size * size / 1e6
-        for tile in args.tiles:
+        for tile, own_pad in args.tiles:
+            pad = args.tile_pad if own_pad is None else own_pad
             for batch in args.batches:
 
-                def run(lr: torch.Tensor = lr, tile: int = tile, batch: int = batch) -> torch.Tensor:
-                    return upscale(lr, 4, model, tile=tile, tile_pad=args.tile_pad, batch=batch)
+                def run(lr: torch.Tensor = lr, tile: int = tile, pad: int = pad, batch: int = batch) -> torch.Tensor:
+                    return upscale(lr, 4, model, tile=tile, tile_pad=pad, batch=batch)
 
                 best, peak, work = interleaved(run, args.repeats, args.peak)
                 seconds = best / mp
@@ -135,31 +146,32 @@ def main() -> None:
                     "model": args.model,
                     "size": size,
                     "tile": tile,
+                    "pad": pad,
                     "batch": batch,
                     "compile": args.compile,
                     "channels_last": args.channels_last,
-                    "covered": round(coverage(size, size, tile, args.tile_pad, model.cfg.multiple), 3),
+                    "covered": round(coverage(size, size, tile, pad, model.cfg.multiple), 3),
                     "s_per_mp": round(seconds, 3),
                     "gflops": round(gflop_mp / seconds, 1),
                     "peak_gflops": round(peak, 1),
                     "share_of_peak": round(share, 3),
                 }
                 if args.overhead:
-                    row["outside_network_s_per_mp"] = round(outside_seconds(model, lr, tile, args) / mp, 4)
+                    row["outside_network_s_per_mp"] = round(outside_seconds(model, lr, tile, pad, args) / mp, 4)
                 rows.append(row)
                 if args.json:
                     print(json.dumps({**row, **info}), flush=True)
                     continue
                 extra = f"  outside the network: {row['outside_network_s_per_mp']:.3f} s/MP" if args.overhead else ""
                 print(
-                    f"{size:>5} {mp:>5.1f} {tile:>5} {batch:>5} {row['covered']:>7.3f}x {seconds:>7.3f} "
+                    f"{size:>5} {mp:>5.1f} {tile:>5} {pad:>4} {batch:>5} {row['covered']:>7.3f}x {seconds:>7.3f} "
                     f"{row['gflops']:>8.1f} {peak:>6.1f} {100 * row['share_of_peak']:>6.1f}%{extra}",
                     flush=True,
                 )
     top = max(r["peak_gflops"] for r in rows)
-    shares = ", ".join(f"{r['size']}/{r['tile']}/{r['batch']}: {100 * r['gflops'] / top:.1f}%" for r in rows)
+    shares = ", ".join(f"{r['size']}/{r['tile']}:{r['pad']}/{r['batch']}: {100 * r['gflops'] / top:.1f}%" for r in rows)
     if not args.json:
-        print(f"against the run's highest peak, {top:.1f} GFLOP/s (size/tile/batch): {shares}")
+        print(f"against the run's highest peak, {top:.1f} GFLOP/s (size/tile:pad/batch): {shares}")
 
 
 if __name__ == "__main__":

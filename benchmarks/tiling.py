@@ -28,7 +28,9 @@ from hbpn.pipeline.tiling import DEFAULT_TILE, DEFAULT_TILE_PAD, _layout, run_mo
 
 
 def coverage(h: int, w: int, tile: int, pad: int, multiple: int) -> float:
-    """Pixels the tiles cover (overlaps counted each time) over the image's pixels."""
+    """Pixels the tiles cover (overlaps counted each time) over the image's pixels (1.0 untiled)."""
+    if not tile:
+        return 1.0
     th, ys = _layout(h, tile, pad, multiple)
     tw, xs = _layout(w, tile, pad, multiple)
     return len(ys) * len(xs) * th * tw / (h * w)

@@ -36,7 +36,7 @@ def test_large_images_runs(tmp_path: Path) -> None:
         "--sizes",
         "96",
         "--tiles",
-        "48,96",
+        "48,96:8",
         "--batches",
         "1,2",
         "--repeats",
@@ -49,7 +49,7 @@ def test_large_images_runs(tmp_path: Path) -> None:
         "1",
     )
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    assert [(r["tile"], r["batch"]) for r in rows] == [(48, 1), (48, 2), (96, 1), (96, 2)]
+    assert [(r["tile"], r["pad"], r["batch"]) for r in rows] == [(48, 16, 1), (48, 16, 2), (96, 8, 1), (96, 8, 2)]
     assert rows[0]["covered"] > 1 and rows[2]["covered"] == 1  # 96 px in 48-px tiles overlap; one tile does not
     assert all(r["s_per_mp"] > 0 and r["outside_network_s_per_mp"] > 0 for r in rows)
 
@@ -88,3 +88,21 @@ def test_train_data_speed_prints_old_and_new(tmp_path: Path) -> None:
     out = _run("train_data_speed.py", "--config", str(config), "--batches", "2", "--warmup", "1", "--threads", "1")
     old, new = out.split("old ")[1].split()[0], out.split(" new ")[1].split()[0]
     assert float(old) > 0 and float(new) > 0 and "speed-up" in out
+
+
+@pytest.mark.slow
+def test_upscale_seams_runs() -> None:
+    from hbpn.defaults import DEFAULT_TILE
+
+    out = _run("upscale_seams.py", "--steps", "2", "--size", "192x128", "--image", "both", "--tiles", "default,64:16")
+    rows = [line.split() for line in out.splitlines() if line.startswith(("fit ", "random ")) and "whole" not in line]
+    # model, image, tile, pad, mean, p99.99, max, work, PSNR: 2 models x 2 images x 2 tilings
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (m, i, t) for i in ("photo", "lineart") for m in ("fit", "random") for t in (str(DEFAULT_TILE), "64")
+    ]
+    for r in rows:
+        mean, top, work = float(r[4]), float(r[6]), float(r[7].rstrip("x"))
+        if r[2] == str(DEFAULT_TILE):  # one tile covers the image: exactly the untiled output
+            assert (mean, top, work) == (0.0, 0.0, 1.0)
+        else:
+            assert mean <= top and work > 1 and (top > 0 or r[0] == "fit")  # random weights reach far

@@ -6,19 +6,17 @@ parser, e.g. for ``hbpn --help``, imports no deep-learning stack.
 
 from __future__ import annotations
 
-#: Default tile edge (pixels at output resolution) and overlap on each side.
-#: 1024 by measurement (docs/PERFORMANCE.md, benchmarks/large_images.py): every
-#: tile pays a fixed per-op overhead and its overlap again, so smaller tiles are
-#: slower (the shipped model at 1-8.3 MP, one core: 512-px tiles 1.06-1.23x,
-#: 768-px tiles 1.01-1.09x the time of 1024-px ones), while whole maps much
-#: larger leave the cache (a whole 2048-px image ran at half the speed).
-DEFAULT_TILE = 1024
-#: 48 by measurement (docs/UPSCALE.md, benchmarks/upscale_seams.py): the trained
-#: network's output near a tile's cut differs from the whole image's for about
-#: 128 px. Overlaps of 96 px and more, blended over their whole width, cut the
-#: worst seam on a 2048-px image from 15.4 to 3.6 levels (mean 0.060 to 0.015,
-#: shipped v3) for 7.5-19 % more compute than the old 16.
-DEFAULT_TILE_PAD = 48
+#: Default tile edge (pixels at output resolution) and overlap on each side,
+#: chosen together from measurements (docs/UPSCALE.md, "Tiling: seams and
+#: defaults"). The trained network's output near a tile's cut differs from the
+#: whole image's for 150-190 px on line art (``benchmarks/upscale_seams.py
+#: --edge-profile``), so the overlap must be about 2 x 144 px to hide it; 2048-px
+#: tiles keep that overlap's cost low (8.3 MP, one core: 1.68 s/MP against 1.58
+#: for 1024-px tiles with a 48-px pad and 1.46 with 16) and, unlike whole images
+#: (1.95 s/MP), still fit the cache well enough. Worst seam on 7 MP: 1.3 levels
+#: on line art, 0.9 on a photo (it was 28 and 6.6 with 1024 / 48).
+DEFAULT_TILE = 2048
+DEFAULT_TILE_PAD = 144
 #: Smallest tile edge ``hbpn upscale --tile`` accepts (0 and auto aside): below
 #: it the overlaps leave almost no useful pixels and the model's padding unit
 #: (up to 32 for the shipped presets) would dominate.

@@ -49,7 +49,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         type=whole_number(0),
         default=DEFAULT_TILE_PAD,
         metavar="N",
-        help=f"tiles overlap by at least twice this, blended over the whole overlap (default: {DEFAULT_TILE_PAD})",
+        help=f"tiles overlap by at least twice this (at most 3/8 of a tile), blended over the whole overlap "
+        f"(default: {DEFAULT_TILE_PAD})",
     )
     p.add_argument(
         "--precision",

@@ -153,7 +153,7 @@ def _device(requested: str, world: int) -> str:
 #: what to tell a user whose file hit a limit a flag controls (hbpn.pipeline.batch.Event.reason)
 _HINTS = {
     "exists": " (use --overwrite to replace it)",
-    "memory": " (use a smaller scale or --tile)",
+    "memory": " (use a smaller scale, --tile auto or a smaller --tile)",
     "output_limit": " (--max-output-pixels)",
     "input_limit": " (see --max-pixels)",
 }

@@ -89,14 +89,19 @@ def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[in
     the network pads a whole image): the network is shift-equivariant only in
     steps of that unit, and a tile cut at any other offset sees the image on a
     different grid from the whole image's. The shipped model lost 0.74 dB to
-    that with 512-px tiles (docs/UPSCALE.md). The tile count is the fewest that
-    fit; the tiles are then shrunk to share the overlap evenly.
+    that with 512-px tiles (docs/UPSCALE.md). The overlap is at most 3/8 of a
+    tile (one unit at least), so that a pad chosen for large tiles cannot
+    multiply the work of small ones: ``--tile 256`` with the default pad of 144
+    overlaps by 96, as it did with the old pad of 48, and covers at most
+    (8/5)^2 = 2.6x the image (a half-tile cap made that 3.6x at 7 MP; a
+    quarter, 1.8x, but with worse seams than before at 256). The tile count is the fewest that fit; the tiles
+    are then shrunk to share the overlap evenly.
     """
     if size <= tile:
         return size, [0]
     units = -(-size // multiple)  # everything below counts in units of `multiple`
-    overlap = -(-2 * pad // multiple)
-    biggest = max(tile // multiple, overlap + 1)
+    biggest = max(tile // multiple, 2)
+    overlap = min(-(-2 * pad // multiple), max(biggest * 3 // 8, 1))
     if units <= biggest:
         return units * multiple, [0]
     n = -(-(units - overlap) // (biggest - overlap))
@@ -139,7 +144,8 @@ def run_model(
     """Restore ``x`` (B, 3, H, W) with ``model``; returns (image, weighting maps or None).
 
     Tiles are at most ``tile`` x ``tile`` (None or 0: the whole image), spread
-    evenly, and overlap their neighbours by at least ``2 * tile_pad``; overlaps are blended with a raised-cosine
+    evenly, and overlap their neighbours by at least ``2 * tile_pad`` (at most
+    3/8 of a tile, :func:`_layout`); overlaps are blended with a raised-cosine
     window, so there is no seam. With ``ensemble`` every tile is restored in the
     eight orientations and the results averaged (x8 self-ensemble).
     ``batch`` tile passes (tiles, or orientations of a tile) go through the

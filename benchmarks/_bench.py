@@ -107,3 +107,17 @@ def print_machine(info: dict[str, Any]) -> None:
             f"note: load average {info['load_average_1min']} exceeds {info['cores']} cores: the machine is "
             "shared right now and the figures are pessimistic (best of N takes the least disturbed run)"
         )
+
+
+def tile_specs(text: str, pad: int) -> list[tuple[int, int]]:
+    """``default,1024,2048:160`` -> [(2048, 144), (1024, pad), (2048, 160)]: (tile, pad) pairs.
+
+    ``default`` is the CLI's tile and pad; a bare edge takes ``pad``.
+    """
+    from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
+
+    out = []
+    for item in text.split(","):
+        edge, _, own = item.strip().partition(":")
+        out.append((DEFAULT_TILE, DEFAULT_TILE_PAD) if edge == "default" else (int(edge), int(own) if own else pad))
+    return out

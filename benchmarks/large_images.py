@@ -27,12 +27,23 @@ import copy
 import json
 import statistics
 from collections.abc import Callable
+from typing import Any
 
 import _bench
 import torch
-from _bench import CLOCKS, add_clock_options, apply_clock_options, best_of, machine, matmul_gflops, print_machine
+from _bench import (
+    CLOCKS,
+    add_clock_options,
+    apply_clock_options,
+    best_of,
+    machine,
+    matmul_gflops,
+    print_machine,
+    tile_specs,
+)
 from tiling import coverage
 
+from hbpn.defaults import DEFAULT_TILE_PAD
 from hbpn.device import compile_model
 from hbpn.model import HBPN, HBPNOutput
 from hbpn.pipeline.upscaling import upscale
@@ -61,16 +72,40 @@ def interleaved(fn: Callable[[], object], repeats: int, peak: float | None) -> t
     return min(times), max(peaks), [p * t for p, t in zip(peaks, times)]
 
 
-def tile_specs(text: str) -> list[tuple[int, int | None]]:
-    """``1024,2048:160`` -> [(1024, None), (2048, 160)]: tile edges, each with its own pad or --tile-pad's."""
-    return [(int(t), int(p)) if p else (int(t), None) for t, _, p in (v.partition(":") for v in text.split(","))]
-
-
 def outside_seconds(model: HBPN, lr: torch.Tensor, tile: int, pad: int, args: argparse.Namespace) -> float:
     """Best-of seconds of the same upscale with the network replaced by the identity."""
     ident = copy.copy(model)  # shares the weights; only the instance's forward_all differs
     ident.forward_all = lambda x: HBPNOutput(x, [x], x[:, : model.cfg.stages])  # type: ignore[method-assign]
     return best_of(lambda: upscale(lr, 4, ident, tile=tile, tile_pad=pad), repeats=args.repeats)
+
+
+def measure(model: HBPN, args: argparse.Namespace, size: int, tile: int, pad: int, batch: int) -> dict[str, Any]:
+    """One row: ``hbpn.upscale`` x4 to a ``size``-px square output, timed between peak measurements."""
+    lr = torch.rand(3, size // 4, size // 4)
+    mp = size * size / 1e6
+    gflop_mp = 2 * macs_per_megapixel(model) / 1e9
+    best, peak, work = interleaved(
+        lambda: upscale(lr, 4, model, tile=tile, tile_pad=pad, batch=batch), args.repeats, args.peak
+    )
+    seconds = best / mp
+    row = {
+        "model": args.model,
+        "size": size,
+        "tile": tile,
+        "pad": pad,
+        "batch": batch,
+        "compile": args.compile,
+        "channels_last": args.channels_last,
+        "covered": round(coverage(size, size, tile, pad, model.cfg.multiple), 3),
+        "s_per_mp": round(seconds, 3),
+        "gflops": round(gflop_mp / seconds, 1),
+        "peak_gflops": round(peak, 1),
+        # peak x seconds of each run: the GFLOP the matmul would have done meanwhile
+        "share_of_peak": round(statistics.median(gflop_mp * mp / w for w in work), 3),
+    }
+    if args.overhead:
+        row["outside_network_s_per_mp"] = round(outside_seconds(model, lr, tile, pad, args) / mp, 4)
+    return row
 
 
 def main() -> None:
@@ -84,11 +119,15 @@ def main() -> None:
     )
     p.add_argument(
         "--tiles",
-        type=tile_specs,
-        default=[(512, None), (768, None), (1024, None)],
-        help="tile edges, each optionally TILE:PAD (default 512,768,1024; e.g. 1024:48,2048:160)",
+        default="512,768,1024,default",
+        help="tile edges, each optionally TILE:PAD; 'default' is the CLI's (default 512,768,1024,default)",
     )
-    p.add_argument("--tile-pad", type=int, default=16, help="overlap on each side of a tile (default 16)")
+    p.add_argument(
+        "--tile-pad",
+        type=int,
+        default=DEFAULT_TILE_PAD,
+        help=f"overlap on each side of a tile given without :PAD (default {DEFAULT_TILE_PAD}, the CLI's)",
+    )
     p.add_argument("--batches", type=ints, default=[1], help="tile passes per forward (default 1)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network first (not timed)")
     p.add_argument("--channels-last", action="store_true", help="the network's weights in channels_last")
@@ -129,43 +168,19 @@ def main() -> None:
         )
     rows = []
     for size in args.sizes:
-        lr = torch.rand(3, size // 4, size // 4)
         mp = size * size / 1e6
-        for tile, own_pad in args.tiles:
-            pad = args.tile_pad if own_pad is None else own_pad
+        for tile, pad in tile_specs(args.tiles, args.tile_pad):
             for batch in args.batches:
-
-                def run(lr: torch.Tensor = lr, tile: int = tile, pad: int = pad, batch: int = batch) -> torch.Tensor:
-                    return upscale(lr, 4, model, tile=tile, tile_pad=pad, batch=batch)
-
-                best, peak, work = interleaved(run, args.repeats, args.peak)
-                seconds = best / mp
-                # peak x seconds of each run: the GFLOP the matmul would have done meanwhile
-                share = statistics.median(gflop_mp * mp / w for w in work)
-                row = {
-                    "model": args.model,
-                    "size": size,
-                    "tile": tile,
-                    "pad": pad,
-                    "batch": batch,
-                    "compile": args.compile,
-                    "channels_last": args.channels_last,
-                    "covered": round(coverage(size, size, tile, pad, model.cfg.multiple), 3),
-                    "s_per_mp": round(seconds, 3),
-                    "gflops": round(gflop_mp / seconds, 1),
-                    "peak_gflops": round(peak, 1),
-                    "share_of_peak": round(share, 3),
-                }
-                if args.overhead:
-                    row["outside_network_s_per_mp"] = round(outside_seconds(model, lr, tile, pad, args) / mp, 4)
+                row = measure(model, args, size, tile, pad, batch)
                 rows.append(row)
                 if args.json:
                     print(json.dumps({**row, **info}), flush=True)
                     continue
                 extra = f"  outside the network: {row['outside_network_s_per_mp']:.3f} s/MP" if args.overhead else ""
                 print(
-                    f"{size:>5} {mp:>5.1f} {tile:>5} {pad:>4} {batch:>5} {row['covered']:>7.3f}x {seconds:>7.3f} "
-                    f"{row['gflops']:>8.1f} {peak:>6.1f} {100 * row['share_of_peak']:>6.1f}%{extra}",
+                    f"{size:>5} {mp:>5.1f} {tile:>5} {pad:>4} {batch:>5} {row['covered']:>7.3f}x "
+                    f"{row['s_per_mp']:>7.3f} {row['gflops']:>8.1f} {row['peak_gflops']:>6.1f} "
+                    f"{100 * row['share_of_peak']:>6.1f}%{extra}",
                     flush=True,
                 )
     top = max(r["peak_gflops"] for r in rows)

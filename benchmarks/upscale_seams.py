@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from _bench import tile_specs
 from tiling import coverage
 from torch import nn
 
 from hbpn.config import get_preset
-from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
+from hbpn.defaults import DEFAULT_TILE_PAD
 from hbpn.model import HBPN
 from hbpn.ops.metrics import psnr
 from hbpn.ops.resize import imresize
@@ -112,23 +114,25 @@ def line_art(width: int, height: int, seed: int = 0) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     big = Image.new("L", (2 * width, 2 * height), 255)
     draw = ImageDraw.Draw(big)
-    area = width * height / 1e6
-    for _ in range(int(12 * area)):  # flat tone panels
+    area = width * height / 1e6  # at least a few of each, so that small test pages are not blank
+    for _ in range(max(2, int(12 * area))):  # flat tone panels
         x0, y0 = rng.uniform(0, 2 * width), rng.uniform(0, 2 * height)
         w, h = rng.uniform(100, 900, 2)
         draw.rectangle((x0, y0, x0 + w, y0 + h), fill=int(rng.choice([200, 170, 230])), outline=0, width=6)
-    for _ in range(int(40 * area)):  # outlined ellipses
+    for _ in range(max(4, int(40 * area))):  # outlined ellipses
         x0, y0 = rng.uniform(0, 2 * width), rng.uniform(0, 2 * height)
         r = rng.uniform(20, 400, 2)
         draw.ellipse((x0, y0, x0 + r[0], y0 + r[1]), outline=0, width=int(rng.integers(2, 10)))
-    for _ in range(int(100 * area)):  # strokes
+    for _ in range(max(10, int(100 * area))):  # strokes
         pts = np.cumsum(rng.normal(0, 40, (6, 2)), 0) + rng.uniform((0, 0), (2 * width, 2 * height))
         draw.line([tuple(p) for p in pts], fill=0, width=int(rng.integers(1, 8)), joint="curve")
     small = np.asarray(big.resize((width, height), Image.Resampling.LANCZOS), dtype=np.float32) / 255
     return torch.from_numpy(small)[None, None].expand(1, 3, height, width).contiguous()
 
 
-def seam_table(name: str, model: HBPN, lr_up: torch.Tensor, pairs: list[tuple[int, int]], score) -> None:
+def seam_table(
+    name: str, model: HBPN, lr_up: torch.Tensor, pairs: list[tuple[int, int]], score: Callable[[torch.Tensor], float]
+) -> None:
     """Mean, p99.99 and max difference from the untiled output, per tile:pad, with the work each costs."""
     ref, _ = run_model(model, lr_up, tile=0, precision="fp32")
     print(f"{name:18s} whole image{'':44s}{score(ref):.3f}")
@@ -164,10 +168,7 @@ def main() -> None:
     width, height = (int(v) for v in args.size.split("x")) if args.size else (512 * args.mosaic,) * 2
     images = {"photo": photo, "lineart": line_art}
     names = list(images) if args.image == "both" else [args.image]
-    pairs = [
-        (DEFAULT_TILE, DEFAULT_TILE_PAD) if p == "default" else tuple(int(v) for v in p.split(":"))
-        for p in args.tiles.split(",")
-    ]
+    pairs = tile_specs(args.tiles, DEFAULT_TILE_PAD)
 
     if args.model:
         from hbpn.weights.store import load_model

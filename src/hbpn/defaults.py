@@ -9,7 +9,7 @@ from __future__ import annotations
 #: Default tile edge (pixels at output resolution) and overlap on each side,
 #: chosen together from measurements (docs/UPSCALE.md, "Tiling: seams and
 #: defaults"). The trained network's output near a tile's cut differs from the
-#: whole image's for 150-190 px on line art (``benchmarks/upscale_seams.py
+#: whole image's for 160-190 px on line art (``benchmarks/upscale_seams.py
 #: --edge-profile``), so the overlap must be about 2 x 144 px to hide it; 2048-px
 #: tiles keep that overlap's cost low (8.3 MP, one core: 1.68 s/MP against 1.58
 #: for 1024-px tiles with a 48-px pad and 1.46 with 16) and, unlike whole images

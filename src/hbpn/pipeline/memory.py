@@ -15,7 +15,7 @@ from hbpn.config import HBPNConfig
 from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
 from hbpn.device import PRECISIONS, model_device, resolve_precision
 from hbpn.model import HBPN
-from hbpn.pipeline.tiling import tile_passes
+from hbpn.pipeline.tiling import _layout, tile_passes
 
 #: Real peak memory over the traced live-tensor peak (allocator slack, conv
 #: workspaces): measured 1.6-2.0x with ru_maxrss on CPU (docs/UPSCALE.md).
@@ -200,7 +200,8 @@ def memory_needed(
         tile = auto_tile(model, model_device(model), image_hw, precision=precision, batch=batch)
     edge = int(tile or max(h, w))
     m = model.cfg.multiple
-    th, tw = (-(-min(side, edge) // m) * m for side in (h, w))  # the model pads to its multiple
+    # the tiles run_model will cut (at least two units a side), padded to the model's multiple
+    th, tw = (-(-_layout(side, edge, tile_pad, m)[0] // m) * m for side in (h, w))
     per_px = activation_bytes_per_pixel(model.cfg, resolve_precision(precision, model_device(model))) * MEMORY_SLACK
     passes = tile_passes(image_hw, int(tile or 0), tile_pad, m, ensemble)
     return int(full + per_px * th * tw * min(batch, passes))

@@ -64,20 +64,33 @@ def _windows(n: int, starts: list[int], device: torch.device) -> dict[int, Tenso
     falls over the whole overlap with the next (:func:`_ramp`): the further from
     its cut edge, the more a tile's pixel counts, and the two ramps of an
     overlap sum to 1. The network's output differs from the whole image's most
-    at a cut and fades over about 128 px (``benchmarks/upscale_seams.py
+    at a cut and fades over 130-190 px (``benchmarks/upscale_seams.py
     --edge-profile``), so the whole overlap is used, not only ``2 * tile_pad`` of it.
+    An overlap of more than half a tile (small images in shrunk tiles) keeps a
+    ramp of ``n - overlap`` centred in it, so that a middle tile's rise and fall
+    never cross and the weights stay a partition of unity.
     """
     out = {}
     for i, s in enumerate(starts):
         w = torch.ones(n, device=device)
         if i > 0:
-            lo = min(starts[i - 1] + n - s, n // 2)
-            w[:lo] = _ramp(lo, device)
+            a, length = _ramp_span(starts[i - 1] + n - s, n)
+            w[:a] = 0.0
+            w[a : a + length] = _ramp(length, device)
         if i + 1 < len(starts):
-            hi = min(s + n - starts[i + 1], n // 2)
-            w[n - hi :] = torch.flip(_ramp(hi, device), (0,))
+            overlap = s + n - starts[i + 1]
+            a, length = _ramp_span(overlap, n)
+            a += n - overlap  # from the next tile's start to this tile's
+            w[a : a + length] = torch.flip(_ramp(length, device), (0,))
+            w[a + length :] = 0.0
         out[s] = w
     return out
+
+
+def _ramp_span(overlap: int, n: int) -> tuple[int, int]:
+    """(offset into the overlap, length) of the ramp both tiles of an ``overlap`` share."""
+    length = min(overlap, n - overlap)
+    return (overlap - length) // 2, length
 
 
 def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[int]]:
@@ -92,8 +105,8 @@ def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[in
     that with 512-px tiles (docs/UPSCALE.md). The overlap is at most 3/8 of a
     tile (one unit at least), so that a pad chosen for large tiles cannot
     multiply the work of small ones: ``--tile 256`` with the default pad of 144
-    overlaps by 96, as it did with the old pad of 48, and covers at most
-    (8/5)^2 = 2.6x the image (a half-tile cap made that 3.6x at 7 MP; a
+    overlaps by 96, as it did with the old pad of 48, and covers about
+    (8/5)^2 = 2.6x a large image (a half-tile cap made that 3.6x at 7 MP; a
     quarter, 1.8x, but with worse seams than before at 256). The tile count is the fewest that fit; the tiles
     are then shrunk to share the overlap evenly.
     """
@@ -163,8 +176,6 @@ def run_model(
     net, amp = inference_model(model, precision)
     b, _, h, w = x.shape
     tile = tile or max(h, w)
-    if tile <= 2 * tile_pad:  # no room left between the overlaps: shrink them
-        tile_pad = tile // 4
     th, ys = _layout(h, tile, tile_pad, model.cfg.multiple)
     tw, xs = _layout(w, tile, tile_pad, model.cfg.multiple)
     # tiles may reach past the image to the model's padding unit: pad as the network would

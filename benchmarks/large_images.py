@@ -79,11 +79,12 @@ def outside_seconds(model: HBPN, lr: torch.Tensor, tile: int, pad: int, args: ar
     return best_of(lambda: upscale(lr, 4, ident, tile=tile, tile_pad=pad), repeats=args.repeats)
 
 
-def measure(model: HBPN, args: argparse.Namespace, size: int, tile: int, pad: int, batch: int) -> dict[str, Any]:
+def measure(
+    model: HBPN, gflop_mp: float, args: argparse.Namespace, size: int, tile: int, pad: int, batch: int
+) -> dict[str, Any]:
     """One row: ``hbpn.upscale`` x4 to a ``size``-px square output, timed between peak measurements."""
     lr = torch.rand(3, size // 4, size // 4)
     mp = size * size / 1e6
-    gflop_mp = 2 * macs_per_megapixel(model) / 1e9
     best, peak, work = interleaved(
         lambda: upscale(lr, 4, model, tile=tile, tile_pad=pad, batch=batch), args.repeats, args.peak
     )
@@ -171,7 +172,7 @@ def main() -> None:
         mp = size * size / 1e6
         for tile, pad in tile_specs(args.tiles, args.tile_pad):
             for batch in args.batches:
-                row = measure(model, args, size, tile, pad, batch)
+                row = measure(model, gflop_mp, args, size, tile, pad, batch)
                 rows.append(row)
                 if args.json:
                     print(json.dumps({**row, **info}), flush=True)

@@ -107,8 +107,8 @@ def _layout(size: int, tile: int, pad: int, multiple: int) -> tuple[int, list[in
     multiply the work of small ones: ``--tile 256`` with the default pad of 144
     overlaps by 96, as it did with the old pad of 48, and covers about
     (8/5)^2 = 2.6x a large image (a half-tile cap made that 3.6x at 7 MP; a
-    quarter, 1.8x, but with worse seams than before at 256). The tile count is the fewest that fit; the tiles
-    are then shrunk to share the overlap evenly.
+    quarter, 1.8x, but with worse seams than before at 256). The tile count is
+    the fewest that fit; the tiles are then shrunk to share the overlap evenly.
     """
     if size <= tile:
         return size, [0]

@@ -44,7 +44,7 @@ from torch import Tensor
 from hbpn.ops.resize import imresize
 from hbpn.train.config import DataSection, DegradeSection, TrainConfig
 from hbpn.train.data import ImageSet, PatchDataset, _pad_to, make_loader
-from hbpn.train.degrade import draw_kernel, jpeg, pass_plan, region_size, resize
+from hbpn.train.degrade import Steps, draw_kernel, jpeg, region_size, second_order
 
 #: Scale groups per batch under ``data.scale_range`` (each group gets its own uniform draw).
 RANGE_GROUPS = 8
@@ -260,35 +260,16 @@ def degrade_classic(hr: Tensor, lr: int, rng: np.random.Generator, gen: torch.Ge
     return imresize(low.float().div_(255.0), size=size).clamp_(0.0, 1.0)
 
 
-def _one_pass(
-    img: Tensor, hw: tuple[int, int], rng: np.random.Generator, gen: torch.Generator, cfg: DegradeSection
-) -> Tensor:
-    kernel, steps = pass_plan(rng, cfg)
-    for step in steps:
-        if step == "blur":
-            img = _blur_step(img, rng, cfg, rounded=False)
-        elif step == "resize":
-            img = resize(img, hw, kernel)
-        elif step == "noise":
-            img = _noise_second(img, rng, cfg, gen)
-        else:
-            img = _jpeg_step(img, rng, cfg)
-    return img
-
-
 def degrade_second_order(
     hr: Tensor, lr: int, rng: np.random.Generator, gen: torch.Generator, cfg: DegradeSection
 ) -> Tensor:
     """``degrade.kind: second_order`` for a group: one or two passes down to ``lr`` (8-bit), bicubic up."""
-    size = tuple(hr.shape[-2:])
-    img = hr.float()
-    if cfg.second_prob > 0 and rng.random() < cfg.second_prob:
-        part = (size[0] / lr) ** float(rng.uniform(0.3, 0.7))
-        mid = max(lr, round(size[0] / part))
-        img = _one_pass(img, (mid, mid), rng, gen, cfg)
-    img = _one_pass(img, (lr, lr), rng, gen, cfg)
-    low = img.round_().clamp_(0, 255).div_(255.0)
-    return imresize(low.contiguous(), size=size).clamp_(0.0, 1.0)
+    steps = Steps(
+        blur=functools.partial(_blur_step, rounded=False),
+        noise=lambda img, r, c: _noise_second(img, r, c, gen),
+        jpeg=_jpeg_step,
+    )
+    return second_order(hr, (lr, lr), rng, cfg, steps)
 
 
 # ---------------------------------------------------------------- batches

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -162,34 +164,57 @@ def pass_plan(rng: np.random.Generator, cfg: DegradeSection) -> tuple[str, list[
     return kernel, steps
 
 
-def _one_pass(img: torch.Tensor, hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
-    """Blur, resize to ``hw``, noise, JPEG; in a random order with ``shuffle_prob``."""
-    kernel, steps = pass_plan(rng, cfg)
-    for step in steps:
-        if step == "blur":
-            img = _blur_step(img, rng, cfg)
-        elif step == "resize":
-            img = resize(img, hw, kernel)
-        elif step == "noise":
-            img = _noise_step(img, rng, cfg)
-        else:
-            img = _jpeg_step(img, rng, cfg)
-    return img
+#: One random step of a pass: ``(image, rng, cfg) -> image``, float 0..255.
+Step = Callable[[torch.Tensor, np.random.Generator, DegradeSection], torch.Tensor]
 
 
-def degrade_second_order(
-    hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection
+@dataclass(frozen=True)
+class Steps:
+    """The blur, noise and JPEG steps a pass uses: per sample here, per batch in :mod:`hbpn.train.batched`."""
+
+    blur: Step
+    noise: Step
+    jpeg: Step
+
+
+def second_order(
+    hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection, steps: Steps
 ) -> torch.Tensor:
-    """``degrade.kind: second_order``: one or two passes down to ``lr_hw`` (8-bit), bicubic back up.
+    """The second-order model with the given steps: one or two passes down to ``lr_hw`` (8-bit), bicubic back up.
 
-    ``hr``: 3 x H x W uint8 -> 3 x H x W float32 in [0, 1].
+    ``hr``: (N x) 3 x H x W uint8 -> float32 in [0, 1], same shape. Both data
+    paths run this one driver, so they draw from ``rng`` in the same order.
     """
     h, w = hr.shape[-2:]
     img = hr.float()
     if cfg.second_prob > 0 and rng.random() < cfg.second_prob:
         part = (h / lr_hw[0]) ** float(rng.uniform(0.3, 0.7))  # the first pass goes part of the way
         mid = (max(lr_hw[0], round(h / part)), max(lr_hw[1], round(w / part)))
-        img = _one_pass(img, mid, rng, cfg)
-    img = _one_pass(img, lr_hw, rng, cfg)
+        img = _one_pass(img, mid, rng, cfg, steps)
+    img = _one_pass(img, lr_hw, rng, cfg, steps)
     lr = img.round_().clamp_(0, 255).div_(255.0)
     return imresize(lr.contiguous(), size=(h, w)).clamp_(0.0, 1.0)
+
+
+def _one_pass(
+    img: torch.Tensor, hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection, steps: Steps
+) -> torch.Tensor:
+    """Blur, resize to ``hw``, noise, JPEG; in a random order with ``shuffle_prob``."""
+    kernel, order = pass_plan(rng, cfg)
+    for step in order:
+        if step == "resize":
+            img = resize(img, hw, kernel)
+        else:
+            img = getattr(steps, step)(img, rng, cfg)
+    return img
+
+
+#: The per-sample steps of the loader path.
+SAMPLE_STEPS = Steps(blur=_blur_step, noise=_noise_step, jpeg=_jpeg_step)
+
+
+def degrade_second_order(
+    hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection
+) -> torch.Tensor:
+    """``degrade.kind: second_order`` for one sample: ``hr`` 3 x H x W uint8 -> 3 x H x W float32 in [0, 1]."""
+    return second_order(hr, lr_hw, rng, cfg, SAMPLE_STEPS)

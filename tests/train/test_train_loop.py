@@ -208,3 +208,15 @@ def test_paired_training_with_withheld_validation(images: Path, tmp_path: Path) 
     assert result.best_psnr is not None and result.best_psnr > 15
     skipped = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert not any(r.get("event") == "skipped" for r in skipped)
+
+
+def test_skipped_files_are_named_then_counted() -> None:
+    from hbpn.train.loop import SHOWN_SKIPS, skipped_lines
+
+    few = [f"f{i}.png: unreadable" for i in range(SHOWN_SKIPS)]
+    assert skipped_lines(few, "skipped") == [f"skipped {m}" for m in few]
+    many = [f"f{i}.png: too small" for i in range(SHOWN_SKIPS + 46)]
+    lines = skipped_lines(many, "validation: skipped")
+    assert lines[:-1] == [f"validation: skipped {m}" for m in many[:SHOWN_SKIPS]]
+    assert lines[-1] == f"validation: skipped 46 more files (all {len(many)} are listed in log.jsonl)"
+    assert skipped_lines([], "skipped") == []

@@ -75,6 +75,18 @@ class _AllOutputs(nn.Module):
         return out.image, out.stages
 
 
+#: Skipped files named one per line on the console; the rest are counted (log.jsonl lists all).
+SHOWN_SKIPS = 5
+
+
+def skipped_lines(messages: list[str], prefix: str) -> list[str]:
+    """Console lines for skipped files: the first :data:`SHOWN_SKIPS` named, then a count."""
+    lines = [f"{prefix} {msg}" for msg in messages[:SHOWN_SKIPS]]
+    if len(messages) > SHOWN_SKIPS:
+        lines.append(f"{prefix} {len(messages) - SHOWN_SKIPS} more files (all {len(messages)} are listed in log.jsonl)")
+    return lines
+
+
 class Trainer:
     """Set up from a config and an output folder; :meth:`run` trains."""
 
@@ -142,8 +154,8 @@ class Trainer:
         images = load_training_images(cfg.data)
         pairs = load_training_pairs(cfg.data) if cfg.data.hr_dirs else None
         skipped = images.skipped + (pairs.skipped if pairs is not None else [])
-        for msg in skipped:
-            self.echo(f"skipped {msg}")
+        for line in skipped_lines(skipped, "skipped"):
+            self.echo(line)
         if skipped:
             self.log({"event": "skipped", "count": len(skipped), "files": skipped})
         self.dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed, pairs=pairs)
@@ -152,8 +164,10 @@ class Trainer:
             from hbpn.train.validate import load_valset
 
             self.valset = load_valset(cfg.val)
-            for msg in self.valset.skipped:
-                self.echo(f"validation: skipped {msg}")
+            for line in skipped_lines(self.valset.skipped, "validation: skipped"):
+                self.echo(line)
+            if self.valset.skipped:
+                self.log({"event": "val_skipped", "count": len(self.valset.skipped), "files": self.valset.skipped})
 
     def _state(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,9 @@
 
 Both read the same training config (its ``data`` and ``degrade`` sections) and
 the same decoded images; each is timed over ``--batches`` batches of
-``train.batch`` patches after ``--warmup`` untimed ones, on one process. The
+``train.batch`` patches after ``--warmup`` untimed ones, on one process, in
+``--rounds`` interleaved rounds (old, new, old, new, ...; the median of each
+path is printed, so that a busy machine slows both alike). The
 loader path runs as a training run with ``data.workers: 0`` does (one
 process); the device path (``data.pipeline: device``) runs on ``--device``.
 Prints one line ``old X new Y`` (samples/s) and the speed-up.
@@ -17,6 +19,7 @@ Prints one line ``old X new Y`` (samples/s) and the speed-up.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +39,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs/default-cpu.yaml"), help="training config")
     ap.add_argument("--batches", type=int, default=20, help="timed batches per path (default 20)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed batches first (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per path; medians printed (default 3)")
     ap.add_argument("--batch", type=int, default=None, help="patches per batch (default: the config's train.batch)")
     ap.add_argument("--device", default="cpu", help="device of the new path (default cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -53,14 +57,18 @@ def main() -> None:
 
     dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed, pairs=pairs)
     it = iter(make_loader(dataset, batch, cfg.train.seed, 0, 0, 1, workers=0, pin=False))
-    old = _rate(lambda: next(it), batch, args.batches, args.warmup, "cpu")
-
     device = torch.device(args.device)
     source = DeviceBatches(images, cfg.data, cfg.degrade, cfg.train.seed, device, pairs)
     number = iter(range(10**9))
-    new = _rate(lambda: source.batch(next(number), batch), batch, args.batches, args.warmup, device)
+    olds, news = [], []
+    for r in range(max(1, args.rounds)):
+        olds.append(_rate(lambda: next(it), batch, args.batches, args.warmup, "cpu"))
+        news.append(_rate(lambda: source.batch(next(number), batch), batch, args.batches, args.warmup, device))
+        print(f"round {r + 1}: old {olds[-1]:.1f} new {news[-1]:.1f}")
+    old, new = statistics.median(olds), statistics.median(news)
     print(f"old {old:.1f} new {new:.1f}")
-    print(f"speed-up {new / old:.2f}x ({Path(args.config).name}, batch {batch}, new path on {device})")
+    where = f"{Path(args.config).name}, batch {batch}, new path on {device}"
+    print(f"speed-up {new / old:.2f}x ({where}; medians of {len(olds)} rounds)")
 
 
 def _rate(make: Callable[[], object], batch: int, batches: int, warmup: int, device: torch.device | str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import hbpn
-from hbpn.ops.resize import contributions, imresize
+from hbpn.ops.resize import _product, _tap_sums, contributions, imresize
 
 
 def shared_dir() -> Path | None:
@@ -182,6 +183,39 @@ def test_bad_images() -> None:
         imresize(np.zeros((2, 4, 4, 3)), 2)
     with pytest.raises(ValueError, match="numpy array or a torch tensor"):
         imresize([[1, 2]], 2)  # type: ignore[arg-type]
+
+
+def _reference(img: torch.Tensor, scale: float) -> torch.Tensor:
+    """Both passes (rows first: equal scales) in the reference order, float64, rounded per pass."""
+    x = img.double()
+    for axis in (-2, -1):
+        n = math.ceil(round(x.shape[axis] * scale, 9))
+        x = torch.floor(_tap_sums(x, x.dim() + axis, n, scale, "symmetric").clip(0, 255) + 0.5)
+    return x.to(torch.uint8)
+
+
+@pytest.mark.parametrize(("h", "w", "dtype"), [(24, 30, torch.float32), (17, 23, torch.float64)])
+def test_products_are_repaired_near_ties(h: int, w: int, dtype: torch.dtype) -> None:
+    # At x2.5 some row-pass outputs are ties (k + 0.5) or nearly: a float32 product (24 x 30)
+    # or a float64 one (17 x 23: 212.49999999999994 for 212.5) rounds them the other way
+    t = torch.from_numpy(_rng_image(h, w)).permute(2, 0, 1)
+    n = math.ceil(h * 2.5)
+    raw = torch.floor(_product(t.to(dtype), 1, n, 2.5, "symmetric").clip(0, 255) + 0.5)
+    ref = torch.floor(_tap_sums(t.double(), 1, n, 2.5, "symmetric").clip(0, 255) + 0.5)
+    assert not torch.equal(raw.double(), ref)  # so the repair has work to do here
+    assert torch.equal(imresize(t, 2.5), _reference(t, 2.5))
+    assert np.array_equal(imresize(t.permute(1, 2, 0).numpy(), 2.5), _reference(t, 2.5).permute(1, 2, 0).numpy())
+
+
+@pytest.mark.parametrize("scale", [1 / 8, 1 / 4, 1 / 3, 1 / 2, 2, 2.5, 3, 4])
+def test_uint8_equals_the_reference_order_on_every_backend(scale: float) -> None:
+    for seed in range(6):
+        img = _rng_image(24 + 7 * seed, 40 - 3 * seed, seed=seed)
+        img[: 5 + seed] = 255 * (img[: 5 + seed] > 127)  # hard edges and saturated areas
+        t = torch.from_numpy(img).permute(2, 0, 1)
+        ref = _reference(t, scale)
+        assert torch.equal(imresize(t, scale), ref), seed  # CPU: float32 products + repair
+        assert np.array_equal(imresize(img, scale), ref.permute(1, 2, 0).numpy()), seed  # numpy: float64
 
 
 def test_gpu_matches_cpu() -> None:

@@ -218,6 +218,15 @@ def test_uint8_equals_the_reference_order_on_every_backend(scale: float) -> None
         assert np.array_equal(imresize(img, scale), ref.permute(1, 2, 0).numpy()), seed  # numpy: float64
 
 
+@pytest.mark.parametrize("scale", [1 / 3, 1 / 8, 2.5])
+def test_large_batches_take_float32_and_stay_exact(scale: float) -> None:
+    from hbpn.ops.resize import _REPAIR_MIN
+
+    batch = torch.from_numpy(np.stack([_rng_image(48, 64, seed=s) for s in range(8)])).permute(0, 3, 1, 2)
+    assert batch.numel() >= _REPAIR_MIN  # float32 products with the tie repair
+    assert torch.equal(imresize(batch, scale), _reference(batch, scale))
+
+
 def test_gpu_matches_cpu() -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

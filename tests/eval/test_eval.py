@@ -15,7 +15,7 @@ from hbpn.cli import main
 from hbpn.config import get_preset
 from hbpn.errors import HBPNError
 from hbpn.eval.datasets import modcrop, open_dataset
-from hbpn.eval.pictures import heat, worst_crop
+from hbpn.eval.pictures import LABEL_H, crop_strip, heat, worst_crop
 from hbpn.eval.score import evaluate, paper_figures, run_on_image
 from hbpn.model import HBPN
 from hbpn.ops.metrics import psnr, ssim
@@ -284,6 +284,11 @@ def test_picture_helpers() -> None:
     top, left, h, w = worst_crop(hr, bic, size=20)
     assert (h, w) == (20, 20) and top <= 40 and top + 20 >= 50 and left <= 5 and left + 20 >= 15
     assert worst_crop(hr[:8, :8], bic[:8, :8], size=20)[2:] == (8, 8)
+    strip = crop_strip(hr, [("bicubic", bic), ("model", hr)], crop=20, edge=40)
+    assert strip.size == (3 * (40 + 4) + 4, 40 + LABEL_H + 8)
+    # the bicubic panel shows the bright block it got wrong, the HR panel does not
+    panels = np.asarray(strip)[4 + LABEL_H : 4 + LABEL_H + 40]
+    assert panels[:, 4:44].max() == 0 and panels[:, 48:88].max() == 200
     hm = heat(np.array([[0.0, 16.0, 64.0]]))
     assert hm.dtype == np.uint8 and hm[0, 0].tolist() == [0, 0, 0] and hm[0, 2].tolist() == [255, 255, 255]
 

@@ -93,6 +93,19 @@ def comparison_sheet(samples: list[Sample], baseline: str = "bicubic") -> Image.
     return _grid(rows)
 
 
+def crop_strip(
+    hr: np.ndarray, images: list[tuple[str, np.ndarray]], crop: int = CROP, edge: int = PANEL
+) -> Image.Image:
+    """One row: the same ``crop``-pixel window of ``hr`` and of each ``(label, image)``, enlarged to ``edge``.
+
+    The window is where the first image (say, bicubic) errs most against ``hr``.
+    """
+    top, left, ch, cw = worst_crop(hr, images[0][1], crop)
+    win = (slice(top, top + ch), slice(left, left + cw))
+    row = [_panel(hr[win], f"HR ({left},{top})", edge)] + [_panel(img[win], label, edge) for label, img in images]
+    return _grid([row])
+
+
 def wr_sheet(samples: list[Sample]) -> Image.Image | None:
     """One row per sample with maps: the model's output, then each stage's WR weight map."""
     rows = []

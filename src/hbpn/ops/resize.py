@@ -37,9 +37,8 @@ float64 (the *reference order*). On the CPU a pass whose products are exact in
 float32 (x2, x4, x1/2, x1/4: dyadic weights) runs in float32, 2-5x faster than
 float64; the others run in float64 (or, for large batches, float32), and the
 few outputs within the proven error bound of a tie are recomputed in the
-reference order. On CUDA every
-output is summed in the reference order (no host synchronisation); MPS has no
-float64 and rounds its float32 products.
+reference order. On CUDA every output is summed in the reference order (no
+host synchronisation); MPS has no float64 and rounds its float32 products.
 """
 
 from __future__ import annotations

@@ -185,8 +185,8 @@ def _product(x: Any, axis: int, out_len: int, scale: float, boundary: str) -> An
 
 
 #: CPU tensors of at least this many elements are multiplied in float32 even where
-#: that is not exact, the near ties then repaired: for a batch of 13 128-px patches
-#: at x1/3 float32 + repair took half the time of float64, for one patch more.
+#: that is not exact, the near ties then repaired: at x1/3, float32 + repair took
+#: about half the time of float64 for a batch of 13 128-px patches, but longer for one.
 _REPAIR_MIN = 2**16
 
 
@@ -248,11 +248,11 @@ def _exact_products(in_len: int, out_len: int, scale: float, boundary: str, int_
     return False
 
 
-def _ordered_sum(taps: Any, weights: Any) -> Any:
-    """Sum over the last axis of ``taps * weights`` in order: the reference arithmetic."""
-    acc = taps[..., 0] * weights[..., 0]
-    for j in range(1, int(weights.shape[-1])):
-        acc = acc + taps[..., j] * weights[..., j]
+def _ordered_sum(term: Callable[[int], Any], taps: int) -> Any:
+    """``term(0) + term(1) + ...`` in order, ``term(j)`` being tap ``j`` times its weight: the reference arithmetic."""
+    acc = term(0)
+    for j in range(1, taps):
+        acc = acc + term(j)
     return acc
 
 
@@ -263,10 +263,7 @@ def _tap_sums(x: Tensor, axis: int, out_len: int, scale: float, boundary: str) -
     shape[axis] = out_len
     w = torch.from_numpy(weights).to(x.device).view(*shape, -1).movedim(-1, 0)
     i = torch.from_numpy(idx).to(x.device)
-    acc = x.index_select(axis, i[:, 0]) * w[0]
-    for j in range(1, i.shape[1]):
-        acc = acc + x.index_select(axis, i[:, j]) * w[j]
-    return acc
+    return _ordered_sum(lambda j: x.index_select(axis, i[:, j]) * w[j], i.shape[1])
 
 
 def _round_exact(out: Any, x: Any, axis: int, scale: float, int_max: int, boundary: str) -> Any:
@@ -298,8 +295,8 @@ def _round_exact(out: Any, x: Any, axis: int, scale: float, int_max: int, bounda
     pos = where[:, axis]
     others = [where[:, d] for d in range(out.ndim) if d != axis]
     lines = np.moveaxis(x.numpy() if is_torch else x, axis, -1)[tuple(others)]  # k x in_len
-    taps = lines[np.arange(len(where))[:, None], idx[pos]].astype(np.float64)
-    fixed = np.floor(_ordered_sum(taps, weights[pos]).clip(0, int_max) + 0.5)
+    taps, w = lines[np.arange(len(where))[:, None], idx[pos]].astype(np.float64), weights[pos]
+    fixed = np.floor(_ordered_sum(lambda j: taps[:, j] * w[:, j], w.shape[1]).clip(0, int_max) + 0.5)
     rounded[tuple(where.T)] = torch.from_numpy(fixed).to(rounded.dtype) if is_torch else fixed
     return rounded
 
@@ -372,9 +369,10 @@ def imresize(
             raise ValueError(f"imresize: img must be H x W, C x H x W or N x C x H x W, got shape {tuple(arr.shape)}")
         if arr.dtype in _TORCH_INT_MAX:
             int_max = _TORCH_INT_MAX[arr.dtype]
-            # MATLAB computes in double; on the CPU each pass picks float32 where that is
-            # exact (see _resize_dim); MPS has no float64
-            work = torch.float32 if arr.device.type == "mps" else torch.float64
+            # MATLAB computes in double: float64 on CUDA; on the CPU each pass moves to
+            # float64 only where float32 is neither exact nor worth a repair (_resize_dim);
+            # MPS has no float64. uint8 values are exact in float32.
+            work = torch.float64 if arr.device.type == "cuda" else torch.float32
         elif arr.is_floating_point():
             int_max = None
             work = arr.dtype if arr.dtype in (torch.float32, torch.float64) else torch.float32

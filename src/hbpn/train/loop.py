@@ -113,6 +113,13 @@ class Trainer:
         if self.dist is None or self.dist.is_main:
             self._echo(msg)
 
+    def _report_skips(self, messages: list[str], prefix: str, event: str) -> None:
+        """Skipped files: the first few named on the console, all of them in log.jsonl."""
+        for line in skipped_lines(messages, prefix):
+            self.echo(line)
+        if messages:
+            self.log({"event": event, "count": len(messages), "files": messages})
+
     def log(self, record: dict[str, Any]) -> None:
         assert self.dist is not None
         if self.dist.is_main:
@@ -154,20 +161,14 @@ class Trainer:
         images = load_training_images(cfg.data)
         pairs = load_training_pairs(cfg.data) if cfg.data.hr_dirs else None
         skipped = images.skipped + (pairs.skipped if pairs is not None else [])
-        for line in skipped_lines(skipped, "skipped"):
-            self.echo(line)
-        if skipped:
-            self.log({"event": "skipped", "count": len(skipped), "files": skipped})
+        self._report_skips(skipped, "skipped", "skipped")
         self.dataset = PatchDataset(images, cfg.data, cfg.degrade, cfg.train.seed, pairs=pairs)
         self.valset = None
         if cfg.val.dir is not None and d.is_main:
             from hbpn.train.validate import load_valset
 
             self.valset = load_valset(cfg.val)
-            for line in skipped_lines(self.valset.skipped, "validation: skipped"):
-                self.echo(line)
-            if self.valset.skipped:
-                self.log({"event": "val_skipped", "count": len(self.valset.skipped), "files": self.valset.skipped})
+            self._report_skips(self.valset.skipped, "validation: skipped", "val_skipped")
 
     def _state(self) -> dict[str, Any]:
         return {

@@ -124,3 +124,27 @@ def test_cpu_copy_is_reused_until_the_weights_change() -> None:
     assert torch.equal(second.stem[0].conv.weight, model.stem[0].conv.weight.to(torch.bfloat16))
     model.load_state_dict(HBPN(get_preset("tiny")).state_dict())
     assert inference_model(model, "bf16")[0] is not second
+
+
+@pytest.mark.parametrize("tile", [0, 16])
+def test_cpu_copy_gets_its_input_channels_last(monkeypatch: pytest.MonkeyPatch, tile: int) -> None:
+    """The channels-last copy is handed channels-last tiles (no reorder inside it); the values do not change."""
+    model = HBPN(get_preset("tiny")).eval()
+    torch.manual_seed(0)
+    for p in model.parameters():  # non-zero heads, so the output depends on the trunk
+        p.data.normal_(0, 0.03)
+    x = torch.rand(1, 3, 24, 24)
+    net, _ = inference_model(model, "fp32")
+    seen: list[bool] = []
+    real = net.forward_all
+    monkeypatch.setattr(
+        net, "forward_all", lambda t: seen.append(t.is_contiguous(memory_format=torch.channels_last)) or real(t)
+    )
+    with monkeypatch.context() as m:
+        m.setattr(hbpn.pipeline.tiling, "input_format", lambda net: torch.contiguous_format)
+        before, _ = run_model(model, x, tile=tile, tile_pad=2, precision="fp32")
+    assert seen and not any(seen)
+    seen.clear()
+    got, _ = run_model(model, x, tile=tile, tile_pad=2, precision="fp32")
+    assert seen and all(seen)
+    assert before.abs().max() > 0.1 and (got - before).abs().max() < 1e-5

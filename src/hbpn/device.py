@@ -136,6 +136,18 @@ def inference_model(model: HBPN, precision: str | None) -> tuple[HBPN, str | Non
     return cpu_inference_copy(model, dtype), None
 
 
+def input_format(net: HBPN) -> torch.memory_format:
+    """The memory format to hand ``net`` its input in: channels-last where its weights are.
+
+    A contiguous (NCHW) input to a channels-last network is reordered inside the
+    first convolutions and the concatenation feeding the stem; handing the tile over
+    in channels-last saved 8-10 % of a 1-MP forward in bf16 on one thread of an
+    AVX512-BF16 CPU (``benchmarks/cpu_vs_peers.py``, docs/PERFORMANCE.md). Same values.
+    """
+    weight = _stem_weight(net)
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
 #: model -> {dtype: (the model's weights' identity and versions, its copy)}; entries go with the model.
 _COPIES: weakref.WeakKeyDictionary[HBPN, dict[torch.dtype, tuple[tuple[tuple[int, int], ...], HBPN]]] = (
     weakref.WeakKeyDictionary()

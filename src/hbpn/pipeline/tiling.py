@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hbpn.defaults import DEFAULT_TILE, DEFAULT_TILE_PAD
-from hbpn.device import autocast, inference_model, is_compiled
+from hbpn.device import autocast, inference_model, input_format, is_compiled
 from hbpn.model import HBPN
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_TILE_PAD", "run_model", "tile_passes"]
@@ -174,6 +174,7 @@ def run_model(
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     net, amp = inference_model(model, precision)
+    fmt = input_format(net)
     b, _, h, w = x.shape
     tile = tile or max(h, w)
     th, ys = _layout(h, tile, tile_pad, model.cfg.multiple)
@@ -186,7 +187,7 @@ def run_model(
     views = [(y0, x0, k) for y0 in ys for x0 in xs for k in range(len(tfs))]
     if len(views) == 1:  # one whole-image pass: nothing to blend
         with autocast(x.device, amp):
-            res = net.forward_all(x)
+            res = net.forward_all(x.contiguous(memory_format=fmt))
         if progress is not None:
             progress(1, 1)
         return res.image.float()[..., :h, :w], (res.weights.float()[..., :h, :w] if maps else None)
@@ -202,7 +203,7 @@ def run_model(
         inputs = [tfs[k][0](x[..., y0 : y0 + th, x0 : x0 + tw]) for y0, x0, k in chunk]
         inputs += inputs[-1:] * max(full - len(chunk), 0)
         with autocast(x.device, amp):
-            res = net.forward_all(torch.cat(inputs) if len(inputs) > 1 else inputs[0])
+            res = net.forward_all((torch.cat(inputs) if len(inputs) > 1 else inputs[0]).contiguous(memory_format=fmt))
         for i, (y0, x0, k) in enumerate(chunk):
             inv, part = tfs[k][1], slice(i * b, (i + 1) * b)
             region = (..., slice(y0, y0 + th), slice(x0, x0 + tw))

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hbpn.config import PRESETS, HBPNConfig, get_preset
 from hbpn.errors import WeightsError
-from hbpn.model import HBPN
+from hbpn.model import HBPN, weighted_reconstruction
 from hbpn.profile import count_parameters
 from hbpn.weights.store import load_model, save_weights
 
@@ -349,3 +350,29 @@ if __name__ == "__main__":
     import pprint
 
     pprint.pprint({name: golden_summary(name) for name in PRESETS}, sort_dicts=False, width=110)
+
+
+@pytest.mark.parametrize("r", [1, 4])
+@pytest.mark.parametrize("head_dtype", [torch.float32, torch.bfloat16])
+def test_wr_block_at_trunk_resolution_equals_the_prototxt_order(r: int, head_dtype: torch.dtype) -> None:
+    """Blending the heads before the shuffle = shuffle each, softmax over the stages, weigh, sum."""
+    g = torch.Generator().manual_seed(r)
+    srs = [torch.randn(2, 3 * r * r, 5, 7, generator=g).to(head_dtype) for _ in range(3)]
+    maps = [torch.randn(2, r * r, 5, 7, generator=g).mul(3).to(head_dtype) for _ in range(3)]
+    if r == 4:  # channels-last heads, as the CPU copy makes them
+        srs = [t.contiguous(memory_format=torch.channels_last) for t in srs]
+    weights = torch.softmax(torch.cat([F.pixel_shuffle(m.float(), r) for m in maps], 1), dim=1)
+    expected = sum(weights[:, k : k + 1] * F.pixel_shuffle(sr.float(), r) for k, sr in enumerate(srs))
+    got = weighted_reconstruction(srs, maps, r, torch.float32)
+    assert got.shape == (2, 3, 5 * r, 7 * r) and got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_stages_and_weights_are_the_full_resolution_heads() -> None:
+    model = filled("lite")
+    x = torch.rand(1, 3, 40, 24)
+    with torch.no_grad():
+        out = model.forward_all(x)
+    blend = sum(out.weights[:, k : k + 1] * s for k, s in enumerate(out.stages))
+    torch.testing.assert_close(out.image, blend, rtol=1e-5, atol=1e-5)  # the residual comes out once
+    assert out.stages[0] is out.stages[0] and out.weights is out.weights  # made once, on first read

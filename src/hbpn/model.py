@@ -14,7 +14,6 @@ at hourglass level ``l`` (level ``l`` runs at ``H / 2**l``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple, cast
 
 import torch
@@ -180,29 +179,64 @@ class StageOutput(NamedTuple):
     dec: list[Tensor]
 
 
-def weighted_reconstruction(srs: list[Tensor], maps: list[Tensor]) -> tuple[Tensor, Tensor]:
+def weighted_reconstruction(srs: list[Tensor], maps: list[Tensor], r: int, dtype: torch.dtype) -> Tensor:
     """The WR block: a softmax over the stages' maps at each pixel weighs their SR images.
 
-    ``srs``: S images (B, 3, H, W); ``maps``: S maps (B, 1, H, W). Returns the
-    (B, 3, H, W) image and the (B, S, H, W) weights (summing to 1 at each pixel).
+    ``srs``: S heads (B, C*r*r, h, w) and ``maps``: S heads (B, r*r, h, w), at the
+    trunk's resolution, before the pixel shuffle. Returns the (B, C, r*h, r*w) blend
+    in ``dtype``, without the global residual.
+
+    Departure from the prototxt's order (shuffle, softmax, weigh), same values up to
+    float rounding: the softmax is per output pixel and the shuffle only moves pixels,
+    so both run here on the heads as they come, in one pass per stage and one shuffle
+    at the end; at full resolution the blend took 15 % of a bf16 CPU forward.
     """
-    weights = torch.softmax(torch.cat(maps, 1), dim=1)
-    image = cast(Tensor, sum(weights[:, k : k + 1] * sr for k, sr in enumerate(srs)))
-    return image, weights
+    b, _, h, w = srs[0].shape
+    hwc = [t.permute(0, 2, 3, 1) for t in maps]  # (B, h, w, r*r): free views of channels-last heads
+    weights = torch.softmax(torch.stack(hwc, 3), dim=3, dtype=dtype)  # (B, h, w, S, r*r)
+    blend = torch.zeros(b, h, w, srs[0].shape[1] // (r * r), r * r, dtype=dtype, device=srs[0].device)
+    for k, sr in enumerate(srs):
+        blend.addcmul_(sr.permute(0, 2, 3, 1).unflatten(3, (-1, r * r)), weights[:, :, :, k, None])
+    # the pixel shuffle: output (c, r*y + i, r*x + j) is head channel c*r*r + r*i + j at (y, x);
+    # written channels-last, as the network's input and layers are on a CPU
+    shuffled = blend.view(b, h, w, -1, r, r).permute(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, -1)
+    return shuffled.permute(0, 3, 1, 2)
 
 
-@dataclass
 class HBPNOutput:
     """Everything the network computes.
 
     image: (B, 3, H, W) the WR block's output.
     stages: one (B, 3, H, W) SR image per stage.
     weights: (B, S, H, W) softmax weighting maps, one channel per stage.
+
+    ``stages`` and ``weights`` are made from the heads when first read: inference
+    needs only ``image``.
     """
 
-    image: Tensor
-    stages: list[Tensor]
-    weights: Tensor
+    def __init__(self, image: Tensor, x: Tensor, srs: list[Tensor], maps: list[Tensor], cfg: HBPNConfig) -> None:
+        h, w = image.shape[-2:]
+        self.image = image
+        self._x, self._srs, self._maps, self._cfg, self._hw = x, srs, maps, cfg, (h, w)
+        self._stages: list[Tensor] | None = None
+        self._weights: Tensor | None = None
+
+    @property
+    def stages(self) -> list[Tensor]:
+        if self._stages is None:
+            h, w = self._hw
+            r, x = self._cfg.unshuffle, self._x
+            srs = [F.pixel_shuffle(sr, r).to(x.dtype) for sr in self._srs]
+            self._stages = [(sr + x if self._cfg.global_residual else sr)[..., :h, :w] for sr in srs]
+        return self._stages
+
+    @property
+    def weights(self) -> Tensor:
+        if self._weights is None:
+            h, w = self._hw
+            maps = [F.pixel_shuffle(m, self._cfg.unshuffle).to(self._x.dtype) for m in self._maps]
+            self._weights = torch.softmax(torch.cat(maps, 1), dim=1)[..., :h, :w]
+        return self._weights
 
 
 class HBPN(nn.Module):
@@ -282,11 +316,12 @@ class HBPN(nn.Module):
             feat = skip = out.features
             fused = [out.fused] if k == 0 else [*fused, out.fused]  # later stages fuse every earlier one
             enc, dec = out.enc, out.dec
-            sr = F.pixel_shuffle(out.sr, cfg.unshuffle).to(x.dtype)
-            srs.append(sr + x if cfg.global_residual else sr)
-            maps.append(F.pixel_shuffle(out.weight_map, cfg.unshuffle).to(x.dtype))
-        image, weights = weighted_reconstruction(srs, maps)
-        return HBPNOutput(image[..., :h, :w], [s[..., :h, :w] for s in srs], weights[..., :h, :w])
+            srs.append(out.sr)
+            maps.append(out.weight_map)
+        image = weighted_reconstruction(srs, maps, cfg.unshuffle, x.dtype)
+        # the weights sum to one at each pixel: sum_k w_k (sr_k + x) = x + sum_k w_k sr_k
+        image = image + x if cfg.global_residual else image
+        return HBPNOutput(image[..., :h, :w], x, srs, maps, cfg)
 
 
 def _last_conv(head: nn.Sequential) -> nn.Conv2d:

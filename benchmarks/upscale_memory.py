@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hbpn.defaults import DEFAULT_TILE
+from hbpn.defaults import DEFAULT_PRECISION, DEFAULT_TILE, RUN_PRECISIONS
 
 #: Output sizes (width, height) by megapixels; 8.3 MP is 4K UHD.
 SIZES = {"1": (1024, 1024), "4": (2048, 2048), "8.3": (3840, 2160)}
@@ -40,7 +40,7 @@ def _rss() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def child(size: str, preset: str, tile: str, scale: int) -> None:
+def child(size: str, preset: str, tile: str, scale: int, precision: str) -> None:
     import numpy as np
     import torch
     from PIL import Image
@@ -75,6 +75,8 @@ def child(size: str, preset: str, tile: str, scale: int) -> None:
                 tile,
                 "--device",
                 "cpu",
+                "--precision",
+                precision,
             ]
         )
         seconds = time.perf_counter() - start
@@ -110,6 +112,12 @@ def main() -> None:
     ap.add_argument(
         "--activations", metavar="PRESET:N,...", help="compare traced and real activation bytes per pixel instead"
     )
+    ap.add_argument(
+        "--precision",
+        default=DEFAULT_PRECISION,
+        choices=RUN_PRECISIONS,
+        help=f"--precision for hbpn upscale (default: {DEFAULT_PRECISION}: bf16 on a CPU with bf16 units)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -117,7 +125,7 @@ def main() -> None:
             preset, edge = args.child.split(":")
             activation_child(preset, int(edge))
         else:
-            child(args.child, args.preset, args.tile, args.scale)
+            child(args.child, args.preset, args.tile, args.scale, args.precision)
         return
     if args.activations:
         print("preset   N x N   traced B/px   real B/px   real/traced")
@@ -132,7 +140,7 @@ def main() -> None:
             preset, edge = item.split(":")
             print(f"{preset:7s} {edge:>5s}   {r['traced']:11.0f}   {r['real']:9.0f}   {r['real'] / r['traced']:11.2f}")
         return
-    print(f"preset {args.preset}, tile {args.tile}, scale x{args.scale}, CPU")
+    print(f"preset {args.preset}, tile {args.tile}, scale x{args.scale}, precision {args.precision}, CPU")
     print("output          MP   baseline MiB   peak MiB   peak-baseline MiB   seconds")
     for size in args.sizes.split(","):
         cmd = [
@@ -146,6 +154,8 @@ def main() -> None:
             args.tile,
             "--scale",
             str(args.scale),
+            "--precision",
+            args.precision,
         ]
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -20,7 +20,7 @@ from torch import nn
 
 from hbpn.config import PRESETS, HBPNConfig, get_preset
 from hbpn.errors import WeightsError
-from hbpn.model import HBPN, weighted_reconstruction
+from hbpn.model import HBPN, HBPNOutput, weighted_reconstruction
 from hbpn.profile import count_parameters
 from hbpn.weights.store import load_model, save_weights
 
@@ -376,3 +376,11 @@ def test_stages_and_weights_are_the_full_resolution_heads() -> None:
     blend = sum(out.weights[:, k : k + 1] * s for k, s in enumerate(out.stages))
     torch.testing.assert_close(out.image, blend, rtol=1e-5, atol=1e-5)  # the residual comes out once
     assert out.stages[0] is out.stages[0] and out.weights is out.weights  # made once, on first read
+
+
+def test_output_built_by_hand_keeps_its_fields() -> None:
+    image = torch.rand(1, 3, 4, 4)
+    out = HBPNOutput(image, [image], torch.ones(1, 1, 4, 4))
+    assert out.stages[0] is image and out.weights.shape == (1, 1, 4, 4)
+    with pytest.raises(ValueError, match="stages and weights"):
+        HBPNOutput(image)

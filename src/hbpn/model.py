@@ -203,6 +203,15 @@ def weighted_reconstruction(srs: list[Tensor], maps: list[Tensor], r: int, dtype
     return shuffled.permute(0, 3, 1, 2)
 
 
+class _Heads(NamedTuple):
+    """What :class:`HBPNOutput` makes its full-resolution stage images and maps from."""
+
+    x: Tensor  # the padded input
+    srs: list[Tensor]
+    maps: list[Tensor]
+    cfg: HBPNConfig
+
+
 class HBPNOutput:
     """Everything the network computes.
 
@@ -210,32 +219,41 @@ class HBPNOutput:
     stages: one (B, 3, H, W) SR image per stage.
     weights: (B, S, H, W) softmax weighting maps, one channel per stage.
 
-    ``stages`` and ``weights`` are made from the heads when first read: inference
-    needs only ``image``.
+    The network hands over its heads instead of ``stages`` and ``weights``, which
+    are then made when first read: inference needs only ``image``.
     """
 
-    def __init__(self, image: Tensor, x: Tensor, srs: list[Tensor], maps: list[Tensor], cfg: HBPNConfig) -> None:
-        h, w = image.shape[-2:]
+    def __init__(
+        self,
+        image: Tensor,
+        stages: list[Tensor] | None = None,
+        weights: Tensor | None = None,
+        *,
+        heads: _Heads | None = None,
+    ) -> None:
+        if heads is None and (stages is None or weights is None):
+            raise ValueError("HBPNOutput needs stages and weights, or the heads to make them from")
         self.image = image
-        self._x, self._srs, self._maps, self._cfg, self._hw = x, srs, maps, cfg, (h, w)
-        self._stages: list[Tensor] | None = None
-        self._weights: Tensor | None = None
+        self._stages, self._weights, self._heads = stages, weights, heads
 
     @property
     def stages(self) -> list[Tensor]:
         if self._stages is None:
-            h, w = self._hw
-            r, x = self._cfg.unshuffle, self._x
-            srs = [F.pixel_shuffle(sr, r).to(x.dtype) for sr in self._srs]
-            self._stages = [(sr + x if self._cfg.global_residual else sr)[..., :h, :w] for sr in srs]
+            assert self._heads is not None
+            x, srs, _, cfg = self._heads
+            h, w = self.image.shape[-2:]
+            full = [F.pixel_shuffle(sr, cfg.unshuffle).to(x.dtype) for sr in srs]
+            self._stages = [(sr + x if cfg.global_residual else sr)[..., :h, :w] for sr in full]
         return self._stages
 
     @property
     def weights(self) -> Tensor:
         if self._weights is None:
-            h, w = self._hw
-            maps = [F.pixel_shuffle(m, self._cfg.unshuffle).to(self._x.dtype) for m in self._maps]
-            self._weights = torch.softmax(torch.cat(maps, 1), dim=1)[..., :h, :w]
+            assert self._heads is not None
+            x, _, maps, cfg = self._heads
+            h, w = self.image.shape[-2:]
+            full = [F.pixel_shuffle(m, cfg.unshuffle).to(x.dtype) for m in maps]
+            self._weights = torch.softmax(torch.cat(full, 1), dim=1)[..., :h, :w]
         return self._weights
 
 
@@ -321,7 +339,7 @@ class HBPN(nn.Module):
         image = weighted_reconstruction(srs, maps, cfg.unshuffle, x.dtype)
         # the weights sum to one at each pixel: sum_k w_k (sr_k + x) = x + sum_k w_k sr_k
         image = image + x if cfg.global_residual else image
-        return HBPNOutput(image[..., :h, :w], x, srs, maps, cfg)
+        return HBPNOutput(image[..., :h, :w], heads=_Heads(x, srs, maps, cfg))
 
 
 def _last_conv(head: nn.Sequential) -> nn.Conv2d:

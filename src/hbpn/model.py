@@ -189,7 +189,7 @@ def weighted_reconstruction(srs: list[Tensor], maps: list[Tensor], r: int, dtype
     Departure from the prototxt's order (shuffle, softmax, weigh), same values up to
     float rounding: the softmax is per output pixel and the shuffle only moves pixels,
     so both run here on the heads as they come, in one pass per stage and one shuffle
-    at the end; at full resolution the blend took 15 % of a bf16 CPU forward.
+    at the end: 8-10 % less time for a whole CPU forward than blending at full resolution.
     """
     b, _, h, w = srs[0].shape
     hwc = [t.permute(0, 2, 3, 1) for t in maps]  # (B, h, w, r*r): free views of channels-last heads

@@ -43,7 +43,7 @@ from _bench import (
 )
 from tiling import coverage
 
-from hbpn.defaults import DEFAULT_TILE_PAD
+from hbpn.defaults import DEFAULT_TILE_PAD, RUN_PRECISIONS
 from hbpn.device import compile_model
 from hbpn.model import HBPN, HBPNOutput
 from hbpn.pipeline.upscaling import upscale
@@ -86,7 +86,9 @@ def measure(
     lr = torch.rand(3, size // 4, size // 4)
     mp = size * size / 1e6
     best, peak, work = interleaved(
-        lambda: upscale(lr, 4, model, tile=tile, tile_pad=pad, batch=batch), args.repeats, args.peak
+        lambda: upscale(lr, 4, model, tile=tile, tile_pad=pad, batch=batch, precision=args.precision),
+        args.repeats,
+        args.peak,
     )
     seconds = best / mp
     row = {
@@ -95,6 +97,7 @@ def measure(
         "tile": tile,
         "pad": pad,
         "batch": batch,
+        "precision": args.precision,
         "compile": args.compile,
         "channels_last": args.channels_last,
         "covered": round(coverage(size, size, tile, pad, model.cfg.multiple), 3),
@@ -130,6 +133,13 @@ def main() -> None:
         help=f"overlap on each side of a tile given without :PAD (default {DEFAULT_TILE_PAD}, the CLI's)",
     )
     p.add_argument("--batches", type=ints, default=[1], help="tile passes per forward (default 1)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=RUN_PRECISIONS,
+        help="hbpn.upscale's precision (default fp32, which the %% of the fp32 matmul peak is about; "
+        "auto: the CLI's default)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the network first (not timed)")
     p.add_argument("--channels-last", action="store_true", help="the network's weights in channels_last")
     p.add_argument(
@@ -158,7 +168,7 @@ def main() -> None:
     info = machine()
     if not args.json:
         print_machine(info)
-        print(f"model {args.model}: {gflop_mp:.1f} GFLOP per output MP")
+        print(f"model {args.model}: {gflop_mp:.1f} GFLOP per output MP, precision {args.precision}")
         print(
             f"{'size':>5} {'MP':>5} {'tile':>5} {'pad':>4} {'batch':>5} {'covered':>8} {'s/MP':>7} {'GFLOP/s':>8} "
             f"{'peak':>6} {'% peak':>7}"

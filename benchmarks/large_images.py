@@ -46,6 +46,7 @@ from tiling import coverage
 from hbpn.defaults import DEFAULT_TILE_PAD, RUN_PRECISIONS
 from hbpn.device import compile_model
 from hbpn.model import HBPN, HBPNOutput
+from hbpn.pipeline.memory import retain_freed_memory
 from hbpn.pipeline.upscaling import upscale
 from hbpn.profile import macs_per_megapixel
 from hbpn.weights.store import load_model
@@ -156,7 +157,14 @@ def main() -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     add_clock_options(p)
+    p.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave the C library's allocator as it is (default: hbpn upscale's retain_freed_memory)",
+    )
     args = p.parse_args()
+    if not args.system_malloc:
+        retain_freed_memory()
     apply_clock_options(args)
 
     model: HBPN = load_model(args.model, device="cpu")

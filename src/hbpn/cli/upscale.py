@@ -174,10 +174,12 @@ def run(args: argparse.Namespace) -> int:
         plan_outputs,
         upscale_files,
     )  # fmt: skip
+    from hbpn.pipeline.memory import retain_freed_memory
     from hbpn.pipeline.upscaling import RunOptions
     from hbpn.weights import load_model
 
     start = time.monotonic()
+    retain_freed_memory()  # large tiles: no page faults on every activation (docs/PERFORMANCE.md)
     rank, world = _rank()
     tag = f" [rank {rank}/{world}]" if world > 1 else ""
 

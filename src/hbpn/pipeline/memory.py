@@ -48,7 +48,7 @@ def retain_freed_memory() -> bool:
     the kernel again: at 4.2 MP (one 2048-px tile) the fp32 network ran at 73 %
     of the matmul peak, against 95 % with mmap off and no trimming (the same
     settings through ``GLIBC_TUNABLES``; docs/PERFORMANCE.md). The price: the
-    process keeps its high-water mark (4.2 MP fp32: 1495 MiB peak against 1221).
+    process keeps its high-water mark (4.2 MP fp32: 1414 MiB peak against 1221).
     For the batch commands (``hbpn upscale``, ``hbpn eval``), which call it once
     at start; a library never changes this for its host. Returns whether it applied
     (False off Linux, or under another C library).

@@ -346,12 +346,6 @@ def test_shipped_weights_from_a_folder_or_a_zip(tmp_path: Path, monkeypatch: pyt
         load_model("real")
 
 
-if __name__ == "__main__":
-    import pprint
-
-    pprint.pprint({name: golden_summary(name) for name in PRESETS}, sort_dicts=False, width=110)
-
-
 @pytest.mark.parametrize("r", [1, 4])
 @pytest.mark.parametrize("head_dtype", [torch.float32, torch.bfloat16])
 def test_wr_block_at_trunk_resolution_equals_the_prototxt_order(r: int, head_dtype: torch.dtype) -> None:
@@ -378,9 +372,23 @@ def test_stages_and_weights_are_the_full_resolution_heads() -> None:
     assert out.stages[0] is out.stages[0] and out.weights is out.weights  # made once, on first read
 
 
+def test_lazy_stages_read_under_no_grad_keep_the_graph_for_later() -> None:
+    model = filled("tiny")
+    out = model.forward_all(torch.rand(1, 3, 16, 16))
+    with torch.no_grad():
+        assert not out.stages[0].requires_grad
+    assert out.stages[0].requires_grad and out.weights.requires_grad  # made again, with autograd
+
+
 def test_output_built_by_hand_keeps_its_fields() -> None:
     image = torch.rand(1, 3, 4, 4)
     out = HBPNOutput(image, [image], torch.ones(1, 1, 4, 4))
     assert out.stages[0] is image and out.weights.shape == (1, 1, 4, 4)
     with pytest.raises(ValueError, match="stages and weights"):
         HBPNOutput(image)
+
+
+if __name__ == "__main__":
+    import pprint
+
+    pprint.pprint({name: golden_summary(name) for name in PRESETS}, sort_dicts=False, width=110)

@@ -141,8 +141,8 @@ def input_format(net: HBPN) -> torch.memory_format:
 
     A contiguous (NCHW) input to a channels-last network is reordered inside the
     first convolutions and the concatenation feeding the stem; handing the tile over
-    in channels-last saved 8-10 % of a 1-MP forward in bf16 on one thread of an
-    AVX512-BF16 CPU (``benchmarks/cpu_vs_peers.py``, docs/PERFORMANCE.md). Same values.
+    in channels-last saved 3-5 % of a 1-MP ``hbpn.upscale`` in bf16 on one thread of an
+    AVX512-BF16 CPU (interleaved runs, docs/PERFORMANCE.md). Same values.
     """
     weight = _stem_weight(net)
     return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format

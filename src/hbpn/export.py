@@ -156,7 +156,7 @@ def _write_torchscript(model: HBPN, path: Path, precision: str) -> None:
     net = _prepare(model, precision)
     try:
         with _quiet(), torch.no_grad():
-            # trace, not script: forward_all's dataclass output and generator sum are
+            # trace, not script: forward_all's output class (lazy properties) is
             # outside TorchScript's language, and the trace keeps shapes symbolic.
             traced = torch.jit.trace(net, _example_input(net, PRECISIONS[precision]), check_trace=False)
     except RuntimeError as exc:

@@ -220,7 +220,9 @@ class HBPNOutput:
     weights: (B, S, H, W) softmax weighting maps, one channel per stage.
 
     The network hands over its heads instead of ``stages`` and ``weights``, which
-    are then made when first read: inference needs only ``image``.
+    are then made when first read: inference needs only ``image``. They are kept
+    for later reads unless made without autograd from heads that need it (a read
+    under ``no_grad`` must not leave a training step a graph-less copy).
     """
 
     def __init__(
@@ -236,25 +238,35 @@ class HBPNOutput:
         self.image = image
         self._stages, self._weights, self._heads = stages, weights, heads
 
+    def _keep(self) -> bool:
+        assert self._heads is not None
+        return torch.is_grad_enabled() or not any(t.requires_grad for t in self._heads.srs)
+
     @property
     def stages(self) -> list[Tensor]:
-        if self._stages is None:
-            assert self._heads is not None
-            x, srs, _, cfg = self._heads
-            h, w = self.image.shape[-2:]
-            full = [F.pixel_shuffle(sr, cfg.unshuffle).to(x.dtype) for sr in srs]
-            self._stages = [(sr + x if cfg.global_residual else sr)[..., :h, :w] for sr in full]
-        return self._stages
+        if self._stages is not None:
+            return self._stages
+        assert self._heads is not None
+        x, srs, _, cfg = self._heads
+        h, w = self.image.shape[-2:]
+        full = [F.pixel_shuffle(sr, cfg.unshuffle).to(x.dtype) for sr in srs]
+        stages = [(sr + x if cfg.global_residual else sr)[..., :h, :w] for sr in full]
+        if self._keep():
+            self._stages = stages
+        return stages
 
     @property
     def weights(self) -> Tensor:
-        if self._weights is None:
-            assert self._heads is not None
-            x, _, maps, cfg = self._heads
-            h, w = self.image.shape[-2:]
-            full = [F.pixel_shuffle(m, cfg.unshuffle).to(x.dtype) for m in maps]
-            self._weights = torch.softmax(torch.cat(full, 1), dim=1)[..., :h, :w]
-        return self._weights
+        if self._weights is not None:
+            return self._weights
+        assert self._heads is not None
+        x, _, maps, cfg = self._heads
+        h, w = self.image.shape[-2:]
+        full = [F.pixel_shuffle(m, cfg.unshuffle).to(x.dtype) for m in maps]
+        weights = torch.softmax(torch.cat(full, 1), dim=1)[..., :h, :w]
+        if self._keep():
+            self._weights = weights
+        return weights
 
 
 class HBPN(nn.Module):

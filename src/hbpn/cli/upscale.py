@@ -159,6 +159,18 @@ _HINTS = {
 }
 
 
+def _tune_process(threads: int | None) -> None:
+    """``--threads``, and freed memory kept for reuse: large tiles are then not paged in
+    again for every activation (docs/PERFORMANCE.md)."""
+    from hbpn.pipeline.memory import retain_freed_memory
+
+    retain_freed_memory()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -174,12 +186,11 @@ def run(args: argparse.Namespace) -> int:
         plan_outputs,
         upscale_files,
     )  # fmt: skip
-    from hbpn.pipeline.memory import retain_freed_memory
     from hbpn.pipeline.upscaling import RunOptions
     from hbpn.weights import load_model
 
     start = time.monotonic()
-    retain_freed_memory()  # large tiles: no page faults on every activation (docs/PERFORMANCE.md)
+    _tune_process(args.threads)
     rank, world = _rank()
     tag = f" [rank {rank}/{world}]" if world > 1 else ""
 
@@ -190,10 +201,6 @@ def run(args: argparse.Namespace) -> int:
         if ev.kind != "done":
             say(ev.kind, ev.text + _HINTS.get(ev.reason or "", ""))
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     files, unmatched = expand_inputs(args.input)
     for pattern in unmatched:
         if rank == 0:

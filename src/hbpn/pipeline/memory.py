@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import math
+import platform
 import resource
 import sys
 import weakref
@@ -40,28 +40,59 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library this process runs on, where it is glibc on Linux; else None."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)  # the libc already loaded, whatever its file name
+    except OSError:
+        return None
+
+
 def retain_freed_memory() -> bool:
     """Let this process reuse the memory it frees instead of handing it back (glibc only).
 
     glibc serves every block over 32 MiB with a fresh ``mmap`` and unmaps it on
     free, so each large activation of a big tile is page-faulted and zeroed by
-    the kernel again: at 4.2 MP (one 2048-px tile) the fp32 network ran at 73 %
-    of the matmul peak, against 95 % with mmap off and no trimming (the same
-    settings through ``GLIBC_TUNABLES``; docs/PERFORMANCE.md). The price: the
-    process keeps its high-water mark (4.2 MP fp32: 1414 MiB peak against 1221).
-    For the batch commands (``hbpn upscale``, ``hbpn eval``), which call it once
-    at start; a library never changes this for its host. Returns whether it applied
-    (False off Linux, or under another C library).
+    the kernel again: at 4.2 MP (one 2048-px tile) the fp32 network ran at 75 %
+    of the matmul peak, against 86 % with mmap off and no trimming
+    (docs/PERFORMANCE.md). This covers the main thread's allocations (where the
+    CLI runs the network); other threads' arenas still map blocks over 64 MiB.
+    The price: the process keeps its high-water mark (4.2 MP fp32: 1414 MiB peak
+    against 1221), which :func:`free_memory` counts back as free. For the batch
+    commands (``hbpn upscale``, ``hbpn eval``), which call it once at start; a
+    library never changes this for its host. Returns whether it applied (False
+    off Linux, or under another C library).
     """
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def heap_free_bytes() -> int:
+    """Bytes free inside this process's main heap (glibc's ``mallinfo2().fordblks``; 0 elsewhere).
+
+    Memory this process freed but kept (see :func:`retain_freed_memory`) is
+    reusable by it, though the system counts it as used.
+    """
+    libc = _glibc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None  # glibc 2.33+
+    if fn is None:
+        return 0
+    fn.restype = _MallInfo2
+    return int(fn().fordblks)
 
 
 @functools.lru_cache(maxsize=32)
@@ -105,14 +136,15 @@ def activation_bytes_per_pixel(cfg: HBPNConfig, precision: str | None = None) ->
 
 def free_memory(device: torch.device) -> int | None:
     """Bytes free for tensors on ``device``: CUDA's own count, MPS's recommended
-    limit less what it holds, or on the host the least of :func:`host_limits`;
+    limit less what it holds, or on the host the least of :func:`host_limits`
+    plus what this process holds free in its heap (:func:`heap_free_bytes`);
     None when unknown."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     if device.type == "mps":
         return int(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
     found = [v for v in host_limits().values() if v is not None]
-    return max(0, min(found)) if found else None
+    return max(0, min(found)) + heap_free_bytes() if found else None
 
 
 def _read_text(path: str) -> str | None:

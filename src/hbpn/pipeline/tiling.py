@@ -212,6 +212,7 @@ def run_model(
             if out_maps is not None:
                 out_maps[region] += inv(res.weights[part]).float() * wgt
             norm[region] += wgt
+        del res  # the next forward's activations need the room: heads are kept for lazy stages
         done += len(chunk)
         if progress is not None:
             progress(done, len(views))

@@ -238,35 +238,38 @@ class HBPNOutput:
         self.image = image
         self._stages, self._weights, self._heads = stages, weights, heads
 
+    def _full_size(self, heads: list[Tensor]) -> list[Tensor]:
+        """Heads shuffled to the output's resolution, in the input's dtype (still padded)."""
+        assert self._heads is not None
+        x, cfg = self._heads.x, self._heads.cfg
+        return [F.pixel_shuffle(t, cfg.unshuffle).to(x.dtype) for t in heads]
+
     def _keep(self) -> bool:
         assert self._heads is not None
         return torch.is_grad_enabled() or not any(t.requires_grad for t in self._heads.srs)
 
     @property
     def stages(self) -> list[Tensor]:
-        if self._stages is not None:
-            return self._stages
-        assert self._heads is not None
-        x, srs, _, cfg = self._heads
-        h, w = self.image.shape[-2:]
-        full = [F.pixel_shuffle(sr, cfg.unshuffle).to(x.dtype) for sr in srs]
-        stages = [(sr + x if cfg.global_residual else sr)[..., :h, :w] for sr in full]
-        if self._keep():
+        if self._stages is None:
+            assert self._heads is not None
+            x, srs, _, cfg = self._heads
+            h, w = self.image.shape[-2:]
+            stages = [(sr + x if cfg.global_residual else sr)[..., :h, :w] for sr in self._full_size(srs)]
+            if not self._keep():
+                return stages
             self._stages = stages
-        return stages
+        return self._stages
 
     @property
     def weights(self) -> Tensor:
-        if self._weights is not None:
-            return self._weights
-        assert self._heads is not None
-        x, _, maps, cfg = self._heads
-        h, w = self.image.shape[-2:]
-        full = [F.pixel_shuffle(m, cfg.unshuffle).to(x.dtype) for m in maps]
-        weights = torch.softmax(torch.cat(full, 1), dim=1)[..., :h, :w]
-        if self._keep():
+        if self._weights is None:
+            assert self._heads is not None
+            h, w = self.image.shape[-2:]
+            weights = torch.softmax(torch.cat(self._full_size(self._heads.maps), 1), dim=1)[..., :h, :w]
+            if not self._keep():
+                return weights
             self._weights = weights
-        return weights
+        return self._weights
 
 
 class HBPN(nn.Module):

@@ -63,6 +63,22 @@ def apply_clock_options(args: Any) -> None:
     CLOCK = args.clock
 
 
+def add_malloc_option(parser: Any) -> None:
+    parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="leave the C library's allocator as it is (default: hbpn upscale's retain_freed_memory)",
+    )
+
+
+def apply_malloc_option(args: Any) -> None:
+    """Run as ``hbpn upscale`` does (freed memory kept for reuse) unless ``--system-malloc``."""
+    from hbpn.pipeline.memory import retain_freed_memory
+
+    if not args.system_malloc:
+        retain_freed_memory()
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:

@@ -45,13 +45,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _bench import machine, matmul_gflops, print_machine
+from _bench import add_malloc_option, apply_malloc_option, machine, matmul_gflops, print_machine
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import hbpn
 from hbpn.device import compile_model, cpu_bf16_flags, inference_model, resolve_precision
-from hbpn.pipeline.memory import retain_freed_memory
 from hbpn.profile import macs_per_megapixel
 
 #: spandrel architecture file, class name and constructor arguments of each peer.
@@ -125,14 +124,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds, best kept (default 3)")
     p.add_argument("--peers-bf16", action="store_true", help="also time each peer as a bf16 channels-last copy")
     p.add_argument("--compile", action="store_true", help="also time hbpn with --compile (the warm-up compiles)")
-    p.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave the C library's allocator as it is (default: hbpn upscale's retain_freed_memory)",
-    )
+    add_malloc_option(p)
     args = p.parse_args()
-    if not args.system_malloc:
-        retain_freed_memory()
+    apply_malloc_option(args)
     print_machine(machine())
     print(f"bf16 flags: {', '.join(cpu_bf16_flags()) or 'none'}; precision auto -> "
           f"{resolve_precision('auto', torch.device('cpu'))}")  # fmt: skip

@@ -34,7 +34,9 @@ import torch
 from _bench import (
     CLOCKS,
     add_clock_options,
+    add_malloc_option,
     apply_clock_options,
+    apply_malloc_option,
     best_of,
     machine,
     matmul_gflops,
@@ -46,7 +48,6 @@ from tiling import coverage
 from hbpn.defaults import DEFAULT_TILE_PAD, RUN_PRECISIONS
 from hbpn.device import compile_model
 from hbpn.model import HBPN, HBPNOutput
-from hbpn.pipeline.memory import retain_freed_memory
 from hbpn.pipeline.upscaling import upscale
 from hbpn.profile import macs_per_megapixel
 from hbpn.weights.store import load_model
@@ -157,14 +158,9 @@ def main() -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     add_clock_options(p)
-    p.add_argument(
-        "--system-malloc",
-        action="store_true",
-        help="leave the C library's allocator as it is (default: hbpn upscale's retain_freed_memory)",
-    )
+    add_malloc_option(p)
     args = p.parse_args()
-    if not args.system_malloc:
-        retain_freed_memory()
+    apply_malloc_option(args)
     apply_clock_options(args)
 
     model: HBPN = load_model(args.model, device="cpu")

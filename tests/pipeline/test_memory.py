@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
 import pytest
+
+from hbpn.pipeline.memory import _glibc
 
 # In a child process: the setting is process-wide, and the mapped-block count is what it changes.
 CHILD = """
@@ -22,10 +23,7 @@ del block
 print(applied, mapped, heap_free_bytes() >= 64 * 2**20)
 """
 
-glibc = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="retain_freed_memory is glibc-only",
-)
+glibc = pytest.mark.skipif(_glibc() is None, reason="retain_freed_memory is glibc-only")
 
 
 def _child(mode: str) -> list[str]:

@@ -67,12 +67,12 @@ def add_malloc_option(parser: Any) -> None:
     parser.add_argument(
         "--system-malloc",
         action="store_true",
-        help="leave the C library's allocator as it is (default: hbpn upscale's retain_freed_memory)",
+        help="leave the C library's allocator as it is (default: retain_freed_memory, as the hbpn commands run)",
     )
 
 
 def apply_malloc_option(args: Any) -> None:
-    """Run as ``hbpn upscale`` does (freed memory kept for reuse) unless ``--system-malloc``."""
+    """Run as ``hbpn upscale``, ``eval`` and ``train`` do (freed memory kept for reuse) unless ``--system-malloc``."""
     from hbpn.pipeline.memory import retain_freed_memory
 
     if not args.system_malloc:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _bench import machine, print_machine
+from _bench import add_malloc_option, apply_malloc_option, machine, print_machine
 
 from hbpn.train.batched import DeviceBatches
 from hbpn.train.config import load_config
@@ -44,7 +44,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="device of the new path (default cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", dest="overrides", help="config overrides")
+    add_malloc_option(ap)
     args = ap.parse_args()
+    apply_malloc_option(args)  # as hbpn train runs
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(args.config, args.overrides)

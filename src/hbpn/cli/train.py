@@ -64,9 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hbpn.errors import HBPNError
+    from hbpn.pipeline.memory import retain_freed_memory
     from hbpn.train.checkpoint import CONFIG
     from hbpn.train.config import load_config
     from hbpn.train.loop import Trainer
+
+    retain_freed_memory()  # as hbpn upscale: the batch buffers of every step without fresh page faults
 
     out = Path(args.out)
     config = args.config

@@ -267,24 +267,24 @@ def _tap_sums(x: Tensor, axis: int, out_len: int, scale: float, boundary: str) -
 
 
 def _round_exact(out: Any, x: Any, axis: int, scale: float, int_max: int, boundary: str) -> Any:
-    """``out`` (the product of ``x`` along ``axis``) rounded half up and saturated, ties decided exactly.
+    """``out`` (the product of ``x`` along ``axis``, overwritten) rounded half up and saturated, ties decided exactly.
 
     Works on numpy arrays (float64) and CPU/MPS tensors (float32). MPS has no
     float64: there the float32 rounding stands. Products that are exact
     (:func:`_exact_products`) are rounded directly.
     """
     is_torch = isinstance(out, Tensor)
-    floor = torch.floor if is_torch else np.floor
-    half = out.clip(0, int_max)
+    # in place where it can be: each extra pass over a batch cost as much as its product
+    half = out.clip_(0, int_max) if is_torch else np.clip(out, 0, int_max, out=out)
     half += 0.5
-    rounded = floor(half)
     in_len, out_len = int(x.shape[axis]), int(out.shape[axis])
     bits = 24 if out.dtype in (torch.float32, np.float32) else 53
     if (is_torch and out.device.type == "mps") or _exact_products(in_len, out_len, scale, boundary, int_max, bits):
-        return rounded
+        return half.floor_() if is_torch else np.floor(half, out=half)
+    rounded = half.floor() if is_torch else np.floor(half)
     half -= rounded  # the fraction of out + 0.5: near 0 or 1 at a tie
     half -= 0.5
-    near = abs(half) >= _tie_threshold(
+    near = (half.abs_() if is_torch else np.abs(half, out=half)) >= _tie_threshold(
         in_len, out_len, scale, boundary, int_max, bits, out.ndim - 1 - axis, half.dtype if is_torch else None
     )
     where = near.nonzero().numpy() if is_torch else np.argwhere(near)

@@ -69,8 +69,8 @@ def retain_freed_memory() -> bool:
     CLI runs the network); other threads' arenas still map blocks over 64 MiB.
     The price: the process keeps its high-water mark (4.2 MP fp32: 1414 MiB peak
     against 1221), which :func:`free_memory` counts back as free. For the batch
-    commands (``hbpn upscale``, ``hbpn eval``), which call it once at start; a
-    library never changes this for its host. Returns whether it applied (False
+    commands (``hbpn upscale``, ``hbpn eval``, ``hbpn train``), which call it once
+    at start; a library never changes this for its host. Returns whether it applied (False
     off Linux, or under another C library).
     """
     libc = _glibc()

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The one command a session lent a GPU runs to train a shipped model there
-# (docs/DEVICE_TRAINING.md). In the repository root, after
-# `python scripts/pack_training_data.py --hold-weights all` here:
+# (docs/DEVICE_TRAINING.md). In the repository root, after `python
+# scripts/pack_training_data.py --hold-weights all` here (real: `--profile real --hold-weights real`):
 #
 #     run(command="bash scripts/device_train.sh default", carry=["carry"], timeout_s=600)
 #
 # Usage: bash scripts/device_train.sh default|real [KEY=VALUE ...]   (overrides for hbpn train --set)
-#        bash scripts/device_train.sh --rehearse [KEY=VALUE ...]     (the same code on this CPU, ~4 min)
+#        bash scripts/device_train.sh --rehearse [default|real] [KEY=VALUE ...]   (this CPU, ~4 min)
 #
 # Steps, inside DEVICE_TRAIN_DEADLINE seconds (default 560; the call's limit is 600):
 #   1. GPU and torch facts into $OUT/train.log;
@@ -17,7 +17,8 @@
 #      under `timeout -s INT` so it always stops with a checkpoint before the deadline;
 #      the log reports samples/s, TFLOP/s and MFU;
 #   4. last.safetensors (EMA weights) as fp16 into $OUT/NAME.safetensors;
-#   5. hbpn eval of the new (and, when given, the starting) weights on the packed validation set;
+#   5. hbpn eval of the new (and, if any, the starting) weights on the packed validation set
+#      (default: Kodak24 crops x2-x4; real: Kodak24-mixed crops x4);
 #   6. $OUT/report.json: samples_per_s, flop_per_sample, tflops, mfu, steps, val_psnr, the probe.
 # $OUT gets at most 8 files (what the tool brings back): NAME.safetensors, train.log, log.jsonl,
 # config.yaml, eval.md, eval.json, report.json, and eval-init.json when starting from weights.
@@ -37,15 +38,19 @@
 set -uo pipefail
 
 REHEARSE=0
-if [ "${1:-}" = --rehearse ]; then REHEARSE=1; shift; PROFILE=default; else PROFILE=${1:-default}; fi
-[ $REHEARSE = 1 ] || shift $(( $# > 0 ? 1 : 0 ))
+if [ "${1:-}" = --rehearse ]; then
+  REHEARSE=1; shift
+  case "${1:-}" in default|real) PROFILE=$1; shift ;; *) PROFILE=default ;; esac
+else
+  PROFILE=${1:-default}; shift $(( $# > 0 ? 1 : 0 ))
+fi
 ARGS=("$@")  # the rest: KEY=VALUE overrides for hbpn train --set (and the probe)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
 case "$PROFILE" in
   default) CONFIG=configs/device-h100.yaml; EVAL_DATA=Kodak24; EVAL_SCALE=2,3,4 ;;
-  real) CONFIG=configs/device-real-h100.yaml; EVAL_DATA=City100-val; EVAL_SCALE=1 ;;
-  -h|--help) sed -n '2,36p' "${BASH_SOURCE[0]}"; exit 0 ;;
+  real) CONFIG=configs/device-real-h100.yaml; EVAL_DATA=Kodak24-mixed; EVAL_SCALE=4 ;;
+  -h|--help) sed -n '2,37p' "${BASH_SOURCE[0]}"; exit 0 ;;
   *) echo "device_train.sh: error: unknown profile '$PROFILE' (default or real)" >&2; exit 2 ;;
 esac
 PY=${PYTHON:-python3}
@@ -77,7 +82,17 @@ if [ $REHEARSE = 1 ] && [ -z "${DEVICE_TRAIN_DATA:-}" ]; then
   DEVICE_TRAIN_DATA=$WORK/data
   mkdir -p "$DEVICE_TRAIN_DATA/train" || exit 2
   for d in T91 BSD200 BSDS500-test; do ln -sfn "$(cd "$SHARED/train/$d" && pwd)" "$DEVICE_TRAIN_DATA/train/$d"; done
-  ln -sfn "$(cd "$SHARED/val/Kodak24" && pwd)" "$DEVICE_TRAIN_DATA/Kodak24"
+  if [ "$PROFILE" = default ]; then
+    ln -sfn "$(cd "$SHARED/val/Kodak24" && pwd)" "$DEVICE_TRAIN_DATA/Kodak24"
+  else  # whole camera folders: the config's ranges keep the withheld pairs out, as with the packed crops
+    for c in iPhoneX NikonD5500; do
+      [ -d "$SHARED/real/City100-$c-train" ] || fail "$SHARED/real/City100-$c-train: no pairs to rehearse with"
+      ln -sfn "$(cd "$SHARED/real/City100-$c-train" && pwd)" "$DEVICE_TRAIN_DATA/City100-$c"
+    done
+    "$PY" "$REPO/scripts/make_eval_sets.py" "$SHARED" "$WORK/evalsets" --only Kodak24-mixed >> "$LOG" 2>&1 \
+      || fail "make_eval_sets.py could not write Kodak24-mixed from $SHARED/val/Kodak24 (see $LOG)"
+    ln -sfn "$WORK/evalsets/Kodak24-mixed/image_SRF_4" "$DEVICE_TRAIN_DATA/Kodak24-mixed"
+  fi
 fi
 DATA=${DEVICE_TRAIN_DATA:-$REPO/carry/data}
 INIT=${DEVICE_TRAIN_INIT:-}
@@ -96,12 +111,18 @@ if [ -n "$INIT" ]; then
   INIT=$(cd "$(dirname "$INIT")" && pwd)/$(basename "$INIT")
   SETS+=("train.init_from=$INIT" "model.preset=null")
 fi
+START=$INIT  # the weights the run starts from (the config's train.init_from when INIT is empty), scored too
 if [ -n "${DEVICE_TRAIN_DATA:-}" ]; then  # else the config's own ../carry/data paths
   if [ "$PROFILE" = default ]; then
     SETS+=("data.hr_dirs=[\"$DATA/train/T91\", \"$DATA/train/BSD200\", \"$DATA/train/BSDS500-test\"]"
            "val.dir=$DATA/Kodak24")
-  else
-    SETS+=("data.paired_dir=$DATA/City100-train" "val.dir=$DATA/City100-val")
+  else  # the config's pair list, each folder taken from DATA
+    PAIRS=$("$PY" -c "import json, sys; from hbpn.train.config import load_config
+print(json.dumps([{'dir': sys.argv[2] + '/' + p.dir.rstrip('/').rsplit('/', 1)[-1], **({'range': list(p.range)} if p.range else {})}
+                  for p in load_config(sys.argv[1]).data.pairs]))" "$CONFIG" "$DATA") \
+      || fail "$CONFIG: cannot read its data.pairs"
+    SETS+=("data.hr_dirs=[\"$DATA/train/T91\", \"$DATA/train/BSD200\", \"$DATA/train/BSDS500-test\"]"
+           "data.pairs=$PAIRS" "val.dir=$DATA/Kodak24-mixed")
   fi
 fi
 EVAL_LIMIT=()
@@ -130,6 +151,7 @@ print(load_config(sys.argv[1], sys.argv[2:]).train.init_from or '')" "$CONFIG" "
     || fail "$CONFIG: cannot read the config (see above)"
   [ -z "$CFG_INIT" ] || [ -f "$CFG_INIT" ] \
     || fail "$CFG_INIT: the config's train.init_from is missing (held out? set DEVICE_TRAIN_INIT)"
+  START=$CFG_INIT
 }
 PROBE_LIMIT=${DEVICE_TRAIN_PROBE_LIMIT:-200}
 probe() {  # device_probe.py with extra options "$@", at most PROBE_LIMIT seconds
@@ -222,7 +244,7 @@ EXPORT_RC=$?
 EVAL_RC=0
 if [ $EXPORT_RC -eq 0 ]; then
   for which in new init; do
-    if [ $which = new ]; then model="$OUT/$PROFILE.safetensors"; else model="$INIT"; fi
+    if [ $which = new ]; then model="$OUT/$PROFILE.safetensors"; else model="$START"; fi
     [ -n "$model" ] || continue
     echo "== eval ($which): $model on $EVAL_DATA" | tee -a "$LOG"
     "$PY" -m hbpn eval "$model" --data "$EVAL_DATA=$DATA/$EVAL_DATA" --scale $EVAL_SCALE --samples 0 --quiet \
@@ -234,8 +256,8 @@ if [ $EXPORT_RC -eq 0 ]; then
   {
     echo "# $PROFILE after the device run ($OUT/$PROFILE.safetensors)"; echo
     cat "$WORK/eval-new/report.md" 2>/dev/null; echo
-    if [ -n "$INIT" ]; then
-      echo "# before: the starting weights ($INIT)"; echo
+    if [ -n "$START" ]; then
+      echo "# before: the starting weights ($START)"; echo
       cat "$WORK/eval-init/report.md" 2>/dev/null
     fi
   } > "$OUT/eval.md"

@@ -18,6 +18,7 @@ Writes, under OUT (never inside the package):
 Every random draw comes from ``numpy.random.default_rng([SEED, set, image])``,
 so the files are the same on every run. ``hbpn eval MODEL --data
 NAME=OUT/NAME --scale 4`` scores them (Y channel, 4-pixel border crop).
+``--only Kodak24-mixed`` writes the validation set alone.
 """
 
 from __future__ import annotations
@@ -67,16 +68,25 @@ def mixed(lr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _jpeg(_noise(lr, sigma, rng) if sigma else lr, int(rng.integers(40, 91)))
 
 
+def degraded_pair(path: Path, name: str, index: int, fn: Degradation) -> tuple[np.ndarray, np.ndarray]:
+    """(HR cropped to a multiple of x4, its degraded x4 LR) for image ``index`` of set ``name``.
+
+    The one place a degraded pair is made: the sets written here and the
+    validation crops ``pack_training_data.py --profile real`` packs.
+    """
+    hr = modcrop(read_uint8(path), SCALE)
+    rng = np.random.default_rng([SEED, zlib.crc32(name.encode()), index])
+    return hr, fn(imresize(hr, 1 / SCALE), rng)
+
+
 def write_degraded(hr_files: list[Path], out: Path, name: str, fn: Degradation) -> int:
     folder = out / name / f"image_SRF_{SCALE}"
     folder.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(hr_files):
         stem = path.stem.removesuffix("_HR").removesuffix(f"_SRF_{SCALE}")
-        hr = modcrop(read_uint8(path), SCALE)
-        lr = imresize(hr, 1 / SCALE)
-        rng = np.random.default_rng([SEED, zlib.crc32(name.encode()), i])
+        hr, lr = degraded_pair(path, name, i, fn)
         Image.fromarray(hr).save(folder / f"{stem}_SRF_{SCALE}_HR.png")
-        Image.fromarray(fn(lr, rng)).save(folder / f"{stem}_SRF_{SCALE}_LR.png")
+        Image.fromarray(lr).save(folder / f"{stem}_SRF_{SCALE}_LR.png")
     return len(hr_files)
 
 
@@ -96,17 +106,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("datasets", type=Path, help="the shared datasets folder (benchmark/, val/, real/)")
     ap.add_argument("out", type=Path, help="folder to write the sets into")
+    ap.add_argument(
+        "--only",
+        choices=["Kodak24-mixed"],
+        default=None,
+        help="write just this set (it needs only val/Kodak24): the CPU rehearsal of the device `real` profile",
+    )
     args = ap.parse_args(argv)
     kodak = sorted((args.datasets / "val" / "Kodak24").glob("*.png"))
     set14 = sorted((args.datasets / "benchmark" / "Set14" / f"image_SRF_{SCALE}").glob("*_HR.png"))
-    if not kodak or not set14:
+    if not kodak or (not set14 and args.only is None):
         print(f"{args.datasets}: expected val/Kodak24 and benchmark/Set14", file=sys.stderr)
         return 2
-    link_held_out(args.datasets / "real", args.out)
-    for set_name, files in (("Kodak24", kodak), ("Set14", set14)):
-        for tag, fn in (("jpeg75", jpeg75), ("noise5-jpeg90", noise5_jpeg90)):
-            n = write_degraded(files, args.out, f"{set_name}-{tag}", fn)
-            print(f"{set_name}-{tag}: {n} images")
+    if args.only is None:
+        link_held_out(args.datasets / "real", args.out)
+        for set_name, files in (("Kodak24", kodak), ("Set14", set14)):
+            for tag, fn in (("jpeg75", jpeg75), ("noise5-jpeg90", noise5_jpeg90)):
+                n = write_degraded(files, args.out, f"{set_name}-{tag}", fn)
+                print(f"{set_name}-{tag}: {n} images")
     print(f"Kodak24-mixed: {write_degraded(kodak, args.out, 'Kodak24-mixed', mixed)} images")
     return 0
 

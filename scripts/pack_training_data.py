@@ -12,23 +12,30 @@ Profiles (one at a time: packing one removes the other's files):
   byte for byte), and the validation set that chooses checkpoints: the
   central 256 x 256 of each Kodak24 image (lossless WebP; 0.1 of the pixels,
   so that all the training images fit).
-* ``real``: City100 iPhone X pairs 0-39 into ``City100-train/{HR,LR}`` and the
-  withheld pairs 40-49 into ``City100-val/{HR,LR}`` (separate folders, so no
-  trimming can ever move a validation pair into the training set).
+* ``real``: the mixture that trains ``real`` (``configs/device-real-h100.yaml``):
+  the central ``--pair-crop`` square (384 px) of each *training* pair of both
+  City100 cameras (iPhone X 1-40 into ``City100-iPhoneX/{HR,LR}``, Nikon
+  D5500 1-24 into ``City100-NikonD5500/{HR,LR}``; the pairs
+  ``make_eval_sets.HELD_OUT`` withholds never travel: they are scored here
+  after the call), the HR images as for ``default``, and the validation set
+  that chooses checkpoints: the central 256 x 256 of each Kodak24-mixed image
+  (``make_eval_sets.py``'s seeded JPEG/noise x4 degradation, its 64 x 64 LR
+  beside it, ``NAME_HR.webp`` + ``NAME_LR.webp``). The shipped ``default``
+  weights must travel as the start: pack with ``--hold-weights real``.
 
 Travelling size = files git would send (tracked + untracked, not ignored; the
 shipped weights under ``src/hbpn/weights`` included) + everything under
 ``carry/``. When it is over ``--budget-mib`` minus ``--margin-mib``, images
-are dropped from the end of the trimmable groups (BSD200; City100 validation,
-then training pairs), each named count printed; if that is not enough the
-script stops with status 2 and writes nothing more.
+are dropped from the end of the trimmable groups (BSD200, then BSDS500-test
+in ``real``), each named count printed; if that is not enough the script
+stops with status 2 and writes nothing more.
 
 Deterministic and idempotent: a manifest (``carry/data/MANIFEST.json``) keeps
 each output's source SHA-256, so a rerun only encodes what changed; every file
 is written atomically.
 
     python scripts/pack_training_data.py                     # profile default
-    python scripts/pack_training_data.py --profile real
+    python scripts/pack_training_data.py --profile real --hold-weights real   # default travels: the start
     python scripts/pack_training_data.py --source /data/datasets --dry-run
     python scripts/pack_training_data.py --hold-weights all   # from scratch: every image travels
     python scripts/pack_training_data.py --restore-weights     # after the device call
@@ -47,6 +54,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing hbpn
 
@@ -56,6 +65,8 @@ MIB = 1024 * 1024
 MANIFEST = "MANIFEST.json"
 #: Side of the central crop of each validation image (pixels; a multiple of 2, 4 and 8).
 VAL_CROP = 256
+#: Side of the central crop of each training pair of ``real`` (the 64 MiB hold all 64 pairs at this size).
+PAIR_CROP = 384
 #: The shipped weights, tracked by git; --hold-weights takes them out of the travelling tree.
 WEIGHTS = Path("src/hbpn/weights")
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".ppm"}
@@ -85,55 +96,93 @@ def _images(folder: Path) -> list[Path]:
     return files
 
 
-def plan(profile: str, source: Path) -> list[Group]:
+def _pair_items(root: Path, stop: int, folder: str, how: str) -> list[tuple[Path, str, str]]:
+    """Pairs ``[0, stop)`` of a ``HR/`` + ``LR/`` camera folder, HR and LR side by side (trimming drops whole pairs)."""
+    hr = _images(root / "HR")
+    lr = {p.stem: p for p in _images(root / "LR")}
+    missing = [p.name for p in hr if p.stem not in lr]
+    if missing:
+        raise PackError(f"{root / 'LR'}: no LR image for {', '.join(missing[:5])}")
+    out = []
+    for p in hr[:stop]:
+        out += [(p, f"{folder}/HR/{p.stem}.webp", how), (lr[p.stem], f"{folder}/LR/{p.stem}.webp", how)]
+    return out
+
+
+def _hr_groups(source: Path, bsd_keep: int, bsds_keep: int | None = None) -> list[Group]:
+    """T91, BSDS500-test and BSD200, the HR images both profiles degrade on the fly."""
+    t91 = [(p, f"train/T91/{p.stem}.webp", "webp") for p in _images(source / "train/T91")]
+    bsd = [(p, f"train/BSD200/{p.stem}.webp", "webp") for p in _images(source / "train/BSD200")]
+    bsds = [(p, f"train/BSDS500-test/{p.name}", "copy") for p in _images(source / "train/BSDS500-test")]
+    return [
+        Group("T91", t91, len(t91)),
+        Group("BSDS500-test", bsds, len(bsds) if bsds_keep is None else bsds_keep, trim_rank=1),
+        Group("BSD200", bsd, min_keep=bsd_keep),
+    ]
+
+
+def plan(profile: str, source: Path, pair_crop: int = PAIR_CROP) -> list[Group]:
     """The groups of one profile, in a fixed order."""
     if profile == "default":
-        t91 = [(p, f"train/T91/{p.stem}.webp", "webp") for p in _images(source / "train/T91")]
-        bsd = [(p, f"train/BSD200/{p.stem}.webp", "webp") for p in _images(source / "train/BSD200")]
-        bsds = [(p, f"train/BSDS500-test/{p.name}", "copy") for p in _images(source / "train/BSDS500-test")]
         kodak = [(p, f"Kodak24/{p.stem}.webp", "crop") for p in _images(source / "val/Kodak24")]
-        return [
-            Group("Kodak24 crops (val)", kodak, len(kodak)),
-            Group("T91", t91, len(t91)),
-            Group("BSDS500-test", bsds, len(bsds)),
-            Group("BSD200", bsd, min_keep=50),
-        ]
+        return [Group("Kodak24 crops (val)", kodak, len(kodak)), *_hr_groups(source, bsd_keep=50)]
     if profile == "real":
-        root = source / "real/City100-iPhoneX-train"
-        hr = _images(root / "HR")
-        lr = {p.stem: p for p in _images(root / "LR")}
-        missing = [p.name for p in hr if p.stem not in lr]
-        if missing:
-            raise PackError(f"{root / 'LR'}: no LR image for {', '.join(missing[:5])}")
-        if len(hr) < 50:
-            raise PackError(f"{root}: {len(hr)} pairs, expected 50 (0-39 train, 40-49 validation)")
+        from make_eval_sets import HELD_OUT  # beside this script: one list of the withheld pairs
 
-        def pairs(sel: list[Path], folder: str) -> list[tuple[Path, str, str]]:
-            out = []
-            for p in sel:  # HR and LR of one pair side by side, so trimming drops whole pairs
-                out += [(p, f"{folder}/HR/{p.stem}.webp", "webp"), (lr[p.stem], f"{folder}/LR/{p.stem}.webp", "webp")]
-            return out
-
-        return [
-            Group("City100 pairs 40-49 (val)", pairs(hr[40:50], "City100-val"), min_keep=4, unit=2),
-            Group("City100 pairs 0-39 (train)", pairs(hr[:40], "City100-train"), min_keep=40, trim_rank=1, unit=2),
-        ]
+        kodak = _images(source / "val/Kodak24")
+        val = []
+        for i, p in enumerate(kodak):  # the index seeds the degradation, as in make_eval_sets.py
+            val += [(p, f"Kodak24-mixed/{p.stem}_HR.webp", f"mixed-hr:{i}")]
+            val += [(p, f"Kodak24-mixed/{p.stem}_LR.webp", f"mixed-lr:{i}")]
+        groups = [Group("Kodak24-mixed crops (val)", val, len(val), unit=2)]
+        for camera, (start, stop) in HELD_OUT.items():
+            root = source / "real" / camera
+            count = len(_images(root / "HR"))
+            if stop != count:
+                raise PackError(f"{root}: {count} pairs, expected {stop} (training 1-{start}, withheld the rest)")
+            name = camera.removesuffix("-train")
+            items = _pair_items(root, start, name, f"crop:{pair_crop}")
+            groups.append(Group(f"{name} 1-{start} (train)", items, len(items), unit=2))
+        return groups + _hr_groups(source, bsd_keep=20, bsds_keep=100)
     raise PackError(f"unknown profile {profile!r}: choose default or real")
 
 
+def central_box(width: int, height: int, side: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the central ``side`` x ``side`` box, smaller where the image is."""
+    cw, ch = min(side, width), min(side, height)
+    left, top = (width - cw) // 2, (height - ch) // 2
+    return left, top, left + cw, top + ch
+
+
+def render(src: Path, how: str) -> Image.Image:
+    """The RGB image ``how`` makes of ``src``: whole, a central crop, or a Kodak24-mixed validation crop."""
+    import numpy as np
+
+    if how.startswith("mixed-"):  # Kodak24-mixed image I: HR, or its degraded x4 LR, the same central region
+        from make_eval_sets import SCALE, degraded_pair, mixed
+
+        side, index = how.split(":")
+        hr, lr = degraded_pair(src, "Kodak24-mixed", int(index), mixed)
+        left, top, right, bottom = central_box(lr.shape[1], lr.shape[0], VAL_CROP // SCALE)
+        if side == "mixed-hr":  # the same region at x4: the box's corner is on the LR pixel grid
+            return Image.fromarray(hr).crop((SCALE * left, SCALE * top, SCALE * right, SCALE * bottom))
+        return Image.fromarray(np.ascontiguousarray(lr)).crop((left, top, right, bottom))
+    with Image.open(src) as im:
+        rgb = im.convert("RGB")  # training reads every image as RGB
+    if how == "crop" or how.startswith("crop:"):  # the central square (VAL_CROP, or the size given)
+        side = VAL_CROP if how == "crop" else int(how.split(":")[1])
+        rgb = rgb.crop(central_box(rgb.width, rgb.height, side))
+    return rgb
+
+
 def encode(src: Path, how: str) -> bytes:
-    """Lossless bytes for ``src``: WebP whose decoded RGB equals the source's, or the source file itself."""
+    """Lossless bytes for ``src``: WebP whose decoded RGB equals :func:`render`'s, or the source file itself."""
     raw = src.read_bytes()
     if how == "copy":
         return raw
     import numpy as np
-    from PIL import Image
 
-    with Image.open(io.BytesIO(raw)) as im:
-        rgb = im.convert("RGB")  # training reads every image as RGB
-    if how == "crop":  # the central VAL_CROP x VAL_CROP
-        left, top = max(0, (rgb.width - VAL_CROP) // 2), max(0, (rgb.height - VAL_CROP) // 2)
-        rgb = rgb.crop((left, top, min(rgb.width, left + VAL_CROP), min(rgb.height, top + VAL_CROP)))
+    rgb = render(src, how)
     buf = io.BytesIO()
     # method 4: as small as method 6 here (within 1%) at a fraction of the time
     rgb.save(buf, format="WEBP", lossless=True, quality=100, method=4, exact=True)
@@ -239,7 +288,14 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         default="default",
         choices=["default", "real"],
-        help="what to pack: default (T91 + BSD200 + Set5 x4) or real (City100 pairs) (default: default)",
+        help="what to pack: default (T91 + BSD200 + BSDS500-test, Kodak24 crops) or real (the City100 training "
+        "pairs of both cameras, the same HR images, Kodak24-mixed crops) (default: default)",
+    )
+    ap.add_argument(
+        "--pair-crop",
+        type=int,
+        default=PAIR_CROP,
+        help=f"real: side of the central square kept of each training pair, pixels (default: {PAIR_CROP})",
     )
     ap.add_argument(
         "--source",
@@ -317,7 +373,9 @@ def pack(args: argparse.Namespace) -> int:
     carry = repo / "carry"
     dest: Path = (args.dest or carry / "data").resolve()
     source: Path = args.source.resolve()
-    groups = plan(args.profile, source)
+    if args.pair_crop < 64:
+        raise PackError(f"--pair-crop {args.pair_crop}: at least 64 pixels (a training patch is cut from it)")
+    groups = plan(args.profile, source, args.pair_crop)
     manifest_path = dest / MANIFEST
     if dest.is_dir() and any(dest.iterdir()) and not manifest_path.is_file():
         raise PackError(
@@ -378,11 +436,11 @@ def pack(args: argparse.Namespace) -> int:
         while size() > limit and counts[i] - groups[i].unit >= groups[i].min_keep:
             counts[i] -= groups[i].unit
     over = size() > limit
-    print(f"{'group':28s} {'files':>11s} {'MiB':>8s}")
+    print(f"{'group':34s} {'files':>11s} {'MiB':>8s}")
     for g, r, n in zip(groups, entries, counts):
         mib = sum(e[1]["bytes"] for e in r[:n]) / MIB
         note = f"  (trimmed: {len(r) - n} dropped from the end)" if n < len(r) else ""
-        print(f"{g.name:28s} {n:5d}/{len(r):<5d} {mib:8.2f}{note}")
+        print(f"{g.name:34s} {n:5d}/{len(r):<5d} {mib:8.2f}{note}")
     print(
         f"travelling tree: repository {repo_bytes / MIB:.2f} MiB + carry/ {(size() - repo_bytes) / MIB:.3f} MiB"
         f" (reserve {args.reserve_mib:.2f}) = {size() / MIB:.3f} MiB of {args.budget_mib:g} MiB"

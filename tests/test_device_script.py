@@ -121,6 +121,57 @@ def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
     assert summary["tflops"] == pytest.approx(summary["samples_per_s"] * summary["flop_per_sample"] / 1e12)
 
 
+def _fake_packed_real(root: Path) -> Path:
+    """carry/data as pack_training_data.py lays it out for the real profile, tiny."""
+    _fake_packed(root)
+    rng = np.random.default_rng(4)
+    for camera, n in (("City100-iPhoneX", 3), ("City100-NikonD5500", 2)):
+        for side in ("HR", "LR"):
+            (root / camera / side).mkdir(parents=True)
+            for i in range(1, n + 1):
+                _photo(rng, 48, 56).save(root / camera / side / f"{i:03d}.webp", lossless=True)
+    (root / "Kodak24-mixed").mkdir()
+    for i in range(2):
+        _photo(rng, 64, 64).save(root / "Kodak24-mixed" / f"kodim0{i + 1}_HR.webp", lossless=True)
+        _photo(rng, 16, 16).save(root / "Kodak24-mixed" / f"kodim0{i + 1}_LR.webp", lossless=True)
+    return root
+
+
+@pytest.mark.slow
+def test_device_train_real_trains_the_mixture(tmp_path: Path) -> None:
+    """real: both cameras' pairs and the degraded HR images, validated and scored on Kodak24-mixed x4."""
+    data = _fake_packed_real(tmp_path / "data")
+    init = tmp_path / "init.safetensors"
+    save_weights(HBPN(get_preset("tiny")), init)
+    out = tmp_path / "out"
+    res = subprocess.run(
+        ["bash", str(SCRIPT), "real", "data.pair_share=0.5"],
+        cwd=tmp_path,
+        env=_env(tmp_path, data, init, out),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    files = {p.name for p in out.iterdir()}
+    assert files == CALL_FILES - {"default.safetensors"} | {"real.safetensors", "eval-init.json"}
+    from hbpn.train.config import load_config
+
+    cfg = load_config(out / "config.yaml")
+    assert [(p.dir, p.range) for p in cfg.data.pairs] == [
+        (str(data / "City100-iPhoneX"), (0, 40)),
+        (str(data / "City100-iPhoneX"), (0, 40)),
+        (str(data / "City100-NikonD5500"), (0, 24)),
+    ]
+    assert cfg.data.hr_dirs == tuple(str(data / "train" / d) for d in ("T91", "BSD200", "BSDS500-test"))
+    assert cfg.degrade.kind == "second_order" and cfg.data.pair_share == 0.5  # the override won
+    assert cfg.val.dir == str(data / "Kodak24-mixed") and cfg.val.scale == 4
+    report = json.loads((out / "eval.json").read_text())
+    assert [(s["dataset"], s["scale"]) for s in report["sets"]] == [("Kodak24-mixed", 4)]
+    assert json.loads((out / "report.json").read_text())["steps"] == 3
+
+
 def test_device_train_refuses_missing_inputs(tmp_path: Path) -> None:
     """Fails in the checks before any training, naming what is missing, with status 2."""
     data = _fake_packed(tmp_path / "data")
@@ -146,7 +197,7 @@ def test_device_train_refuses_missing_inputs(tmp_path: Path) -> None:
         check=False,
         timeout=60,
     )
-    assert res.returncode == 2 and "City100-val: missing" in res.stderr
+    assert res.returncode == 2 and "Kodak24-mixed: missing" in res.stderr
     res = subprocess.run(
         ["bash", str(SCRIPT), "bogus"],
         cwd=tmp_path,
@@ -237,45 +288,67 @@ def test_pack_refuses_foreign_dest_and_missing_source(tmp_path: Path) -> None:
     assert res.returncode == 2 and "no such folder" in res.stderr
 
 
-def test_pack_real_keeps_withheld_pairs_apart(tmp_path: Path) -> None:
-    """City100 pairs 0-39 go to City100-train, 40-49 to City100-val; trimming drops validation pairs first."""
+def _fake_cameras(root: Path, counts: dict[str, int], size: tuple[int, int] = (80, 96)) -> None:
+    """``real/<camera>/{HR,LR}/NNN.png`` pairs under ``root``, as City100 numbers them."""
     rng = np.random.default_rng(2)
-    root = tmp_path / "datasets" / "real" / "City100-iPhoneX-train"
-    for sub in ("HR", "LR"):
-        (root / sub).mkdir(parents=True)
-    for i in range(1, 51):
-        _photo(rng, 24, 32).save(root / "HR" / f"{i:03d}.png")
-        _photo(rng, 24, 32).save(root / "LR" / f"{i:03d}.png")
+    for camera, n in counts.items():
+        for sub in ("HR", "LR"):
+            (root / "real" / camera / sub).mkdir(parents=True)
+        for i in range(1, n + 1):
+            _photo(rng, *size).save(root / "real" / camera / "HR" / f"{i:03d}.png")
+            _photo(rng, *size).save(root / "real" / camera / "LR" / f"{i:03d}.png")
+
+
+CAMERAS = {"City100-iPhoneX-train": 50, "City100-NikonD5500-train": 30}
+
+
+def test_pack_real_mixture_never_packs_withheld_pairs(tmp_path: Path) -> None:
+    """real: central crops of both cameras' training pairs, the HR sets, Kodak24-mixed crops; no withheld pair."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from make_eval_sets import degraded_pair, mixed
+
+    src = _fake_datasets(tmp_path / "datasets")
+    _fake_cameras(src, CAMERAS)
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    res = _pack(
-        "--profile", "real", "--source", str(tmp_path / "datasets"), "--repo", str(checkout), "--budget-mib", "1000"
-    )
+    base = ["--profile", "real", "--source", str(src), "--repo", str(checkout)]
+    res = _pack(*base, "--budget-mib", "1000", "--pair-crop", "64")
     assert res.returncode == 0, res.stderr
     dest = checkout / "carry" / "data"
+    manifest = json.loads((dest / "MANIFEST.json").read_text())
+    assert manifest["profile"] == "real"
 
     def names(folder: Path) -> list[str]:
         return sorted(p.stem for p in folder.iterdir())
 
-    assert names(dest / "City100-train/HR") == names(dest / "City100-train/LR") == [f"{i:03d}" for i in range(1, 41)]
-    assert names(dest / "City100-val/HR") == names(dest / "City100-val/LR") == [f"{i:03d}" for i in range(41, 51)]
-    need = float(res.stdout.split(" = ")[1].split(" MiB")[0])
-    pair = sum(p.stat().st_size for p in (dest / "City100-val").rglob("*.*")) / 10 / 2**20
-    res = _pack(
-        "--profile",
-        "real",
-        "--source",
-        str(tmp_path / "datasets"),
-        "--repo",
-        str(checkout),
-        "--budget-mib",
-        f"{need + 1.0 - 3.5 * pair:.6f}",
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    val = names(dest / "City100-val/HR")
-    assert 2 <= len(val) <= 7 and val == [f"{i:03d}" for i in range(41, 41 + len(val))]
-    assert names(dest / "City100-train/HR") == [f"{i:03d}" for i in range(1, 41)]
-    assert names(dest / "City100-val/LR") == val
+    for camera, n_train in (("City100-iPhoneX", 40), ("City100-NikonD5500", 24)):
+        want = [f"{i:03d}" for i in range(1, n_train + 1)]  # the withheld pairs stay behind
+        assert names(dest / camera / "HR") == names(dest / camera / "LR") == want
+        for side in ("HR", "LR"):  # the central 64 x 64 of 96 x 80, losslessly
+            got = np.asarray(Image.open(dest / camera / side / "007.webp").convert("RGB"))
+            full = np.asarray(Image.open(src / "real" / f"{camera}-train" / side / "007.png").convert("RGB"))
+            assert np.array_equal(got, full[8:72, 16:80])
+    assert sorted(p.name for p in (dest / "train").iterdir()) == ["BSD200", "BSDS500-test", "T91"]
+    # validation: each Kodak24-mixed image's HR and degraded x4 LR, the same central region
+    assert names(dest / "Kodak24-mixed") == ["kodim01_HR", "kodim01_LR", "kodim02_HR", "kodim02_LR"]
+    hr, lr = degraded_pair(src / "val/Kodak24/kodim02.png", "Kodak24-mixed", 1, mixed)  # 280 x 300 -> LR 70 x 75
+    got_hr = np.asarray(Image.open(dest / "Kodak24-mixed/kodim02_HR.webp").convert("RGB"))
+    got_lr = np.asarray(Image.open(dest / "Kodak24-mixed/kodim02_LR.webp").convert("RGB"))
+    assert got_lr.shape == (64, 64, 3) and np.array_equal(got_lr, lr[3:67, 5:69])
+    assert np.array_equal(got_hr, hr[12:268, 20:276])  # x4 of the LR box: on the LR pixel grid
+    # what the config trains on and validates with: the layout hbpn train reads
+    from hbpn.eval.datasets import open_dataset
+
+    val = open_dataset("val", dest / "Kodak24-mixed", 4)
+    assert val.layout == "files" and len(val.items) == 2 and val.items[0].load().lr.shape == (64, 64, 3)
+
+    # a camera folder with another number of pairs than the held-out split expects: refused, named
+    for f in ("HR/050.png", "LR/050.png"):
+        (src / "real/City100-iPhoneX-train" / f).unlink()
+    res = _pack(*base, "--budget-mib", "1000", "--pair-crop", "64")
+    assert res.returncode == 2 and "City100-iPhoneX-train: 49 pairs, expected 50" in res.stderr
+    res = _pack(*base, "--pair-crop", "32")
+    assert res.returncode == 2 and "--pair-crop 32" in res.stderr
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -315,7 +388,8 @@ def test_pack_holds_weights_out_and_restores_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_rehearsal_runs_the_device_call_on_the_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("profile", ["default", "real"])
+def test_rehearsal_runs_the_device_call_on_the_cpu(tmp_path: Path, profile: str) -> None:
     """--rehearse links a datasets folder into the packed layout and writes the full report."""
     shared = tmp_path / "datasets"
     rng = np.random.default_rng(3)
@@ -323,12 +397,14 @@ def test_rehearsal_runs_the_device_call_on_the_cpu(tmp_path: Path) -> None:
         (shared / folder).mkdir(parents=True)
         for i in range(2):
             _photo(rng, 72, 80).save(shared / folder / f"im{i}.png")
+    _fake_cameras(shared, {"City100-iPhoneX-train": 3, "City100-NikonD5500-train": 2}, size=(48, 56))
     out = tmp_path / "out"
     env = _env(tmp_path, tmp_path, tmp_path, out, DEVICE_TRAIN_SHARED=str(shared), DEVICE_TRAIN_MAX_STEPS="4")
     for key in ("DEVICE_TRAIN_DATA", "DEVICE_TRAIN_INIT", "DEVICE_TRAIN_SMOKE"):
         env.pop(key)
     res = subprocess.run(
-        ["bash", str(SCRIPT), "--rehearse", "model.preset=tiny", "data.patch=32", "val.max_images=1"],
+        ["bash", str(SCRIPT), "--rehearse", profile, "model.preset=tiny", "train.init_from=null", "data.patch=32"]
+        + ["val.max_images=1"],
         cwd=tmp_path,
         env={**env, "DEVICE_TRAIN_BATCHES": "2", "DEVICE_TRAIN_MINUTES": "0.3"},
         capture_output=True,
@@ -337,11 +413,14 @@ def test_rehearsal_runs_the_device_call_on_the_cpu(tmp_path: Path) -> None:
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert {p.name for p in out.iterdir()} == CALL_FILES  # no start weights: no eval-init.json
+    # no start weights (default; real: model.preset=tiny cannot start from the shipped lite file)
+    assert {p.name for p in out.iterdir()} == CALL_FILES - {"default.safetensors"} | {f"{profile}.safetensors"}
     report = json.loads((out / "report.json").read_text())
     assert report["device"] == "cpu" and report["mfu"] is None and report["steps"] == 4
     assert {"samples_per_s", "flop_per_sample", "mfu", "steps", "val_psnr"} <= set(report)
-    assert (
-        str(shared / "train" / "BSDS500-test") in (out / "config.yaml").read_text()
-        or "BSDS500-test" in (out / "config.yaml").read_text()
-    )
+    config = (out / "config.yaml").read_text()
+    assert "BSDS500-test" in config
+    if profile == "real":  # the camera folders linked whole, the config's ranges keeping the withheld pairs out
+        assert "City100-NikonD5500" in config and "Kodak24-mixed" in config
+        scored = json.loads((out / "eval.json").read_text())["sets"]
+        assert [(s["dataset"], s["scale"], len(s["images"])) for s in scored] == [("Kodak24-mixed", 4, 2)]

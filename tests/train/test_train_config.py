@@ -37,15 +37,18 @@ def test_paper_config_mirrors_the_solver() -> None:
     assert cfg.data.patch == 256 and cfg.val.every == 5000 and cfg.train.ckpt_every == 1000
 
 
-def test_real_config_never_trains_on_the_held_out_pairs() -> None:
+@pytest.mark.parametrize("name", ["real-cpu", "device-real-h100"])
+def test_real_config_never_trains_on_the_held_out_pairs(name: str) -> None:
+    """Both `real` recipes train on both cameras, never on the pairs make_eval_sets.py holds out."""
     import runpy
 
     held_out = runpy.run_path(str(CONFIGS.parent / "scripts" / "make_eval_sets.py"))["HELD_OUT"]
-    cfg = load_config(CONFIGS / "real-cpu.yaml")
-    trained = {Path(src.dir).name: src.range for src in cfg.data.pairs}
-    assert set(trained) == set(held_out)
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    # the device copy packs each camera's training pairs into a folder without the "-train"
+    trained = {Path(src.dir).name.removesuffix("-train"): src.range for src in cfg.data.pairs}
+    assert set(trained) == {camera.removesuffix("-train") for camera in held_out}
     for camera, (start, stop) in held_out.items():
-        lo, hi = trained[camera]
+        lo, hi = trained[camera.removesuffix("-train")]
         assert hi <= start or lo >= stop, camera  # disjoint from the held-out pairs
     assert cfg.degrade.kind == "second_order" and 0 < cfg.data.pair_share < 1
     assert cfg.model.preset is None and cfg.train.init_from

@@ -70,14 +70,13 @@ def _env(tmp_path: Path, data: Path, init: Path, out: Path, **extra: str) -> dic
     return env
 
 
-@pytest.mark.slow
-def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
-    data = _fake_packed(tmp_path / "data")
+def _smoke(tmp_path: Path, data: Path, profile: str, *overrides: str) -> Path:
+    """The script's CPU smoke run of ``profile`` on ``data`` from a tiny-preset start file; its OUT folder."""
     init = tmp_path / "init.safetensors"
     save_weights(HBPN(get_preset("tiny")), init)
     out = tmp_path / "out"
     res = subprocess.run(
-        ["bash", str(SCRIPT), "default", "train.seed=7"],
+        ["bash", str(SCRIPT), profile, *overrides],
         cwd=tmp_path,
         env=_env(tmp_path, data, init, out),
         capture_output=True,
@@ -86,7 +85,14 @@ def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
         timeout=300,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out
 
+
+@pytest.mark.slow
+def test_device_train_smoke_end_to_end(tmp_path: Path) -> None:
+    data = _fake_packed(tmp_path / "data")
+    init = tmp_path / "init.safetensors"
+    out = _smoke(tmp_path, data, "default", "train.seed=7")
     files = {p.name for p in out.iterdir()}
     assert files == CALL_FILES | {"eval-init.json"}
     assert len(files) <= 8  # the device tool brings back 8 files at most
@@ -141,19 +147,7 @@ def _fake_packed_real(root: Path) -> Path:
 def test_device_train_real_trains_the_mixture(tmp_path: Path) -> None:
     """real: both cameras' pairs and the degraded HR images, validated and scored on Kodak24-mixed x4."""
     data = _fake_packed_real(tmp_path / "data")
-    init = tmp_path / "init.safetensors"
-    save_weights(HBPN(get_preset("tiny")), init)
-    out = tmp_path / "out"
-    res = subprocess.run(
-        ["bash", str(SCRIPT), "real", "data.pair_share=0.5"],
-        cwd=tmp_path,
-        env=_env(tmp_path, data, init, out),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = _smoke(tmp_path, data, "real", "data.pair_share=0.5")
     files = {p.name for p in out.iterdir()}
     assert files == CALL_FILES - {"default.safetensors"} | {"real.safetensors", "eval-init.json"}
     from hbpn.train.config import load_config

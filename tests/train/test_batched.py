@@ -168,6 +168,21 @@ def test_second_order_group_keeps_shape_and_range(images: list[np.ndarray]) -> N
     assert out.shape == hr.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
 
 
+def test_torch_jpeg_codec_is_libjpegs_up_to_rounding(images: list[np.ndarray]) -> None:
+    """degrade.jpeg_codec: torch draws the same qualities and lands within a fraction of a level of Pillow."""
+    packed = pack(images, CPU, 99)
+    region, lr = region_size(64, 2.0)
+    hr = _gather_loop(packed, draw_crops(np.random.default_rng(1), packed.hw, 4, region, True), region)
+    out = {}
+    for codec in ("pillow", "torch"):
+        cfg = DegradeSection(kind="second_order", jpeg_prob=1.0, jpeg_quality=(30, 60), jpeg_codec=codec)
+        out[codec] = degrade_second_order(hr, lr, np.random.default_rng(2), torch.Generator(), cfg)
+    diff = (out["pillow"] - out["torch"]).abs() * 255
+    assert diff.mean() < 0.5 and diff.max() > 0  # two codecs, one result up to DCT rounding
+    plain = degrade_second_order(hr, lr, np.random.default_rng(2), torch.Generator(), DegradeSection("second_order"))
+    assert (out["torch"] - plain).abs().mean() * 255 > 5 * diff.mean()  # and JPEG did happen
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory, images: list[np.ndarray]) -> Path:
     root = tmp_path_factory.mktemp("device_data")

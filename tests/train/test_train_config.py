@@ -75,6 +75,7 @@ def test_real_config_never_trains_on_the_held_out_pairs(name: str) -> None:
         ({"data": {"hr_dirs": ["a"]}, "degrade": {"kind": "second_order", "kernels": ["lanczos"]}}, "degrade.kernels"),
         ({"data": {"hr_dirs": ["a"]}, "degrade": {"kind": "second_order", "second_prob": 2}}, "degrade.second_prob"),
         ({"data": {"hr_dirs": ["a"]}, "degrade": {"poisson_scale": [2, 1]}}, "degrade.poisson_scale"),
+        ({"degrade": {"jpeg_codec": "opencv"}}, "config key 'degrade.jpeg_codec' must be one of pillow, torch"),
         ({"degrade": {"blur_sigma": [0, 1]}}, "config key 'degrade.blur_sigma' must be [lo, hi], 0 < lo <= hi"),
         ({"degrade": {"aniso_sigma": [-1, 2]}}, "config key 'degrade.aniso_sigma'"),
         ({"degrade": {"noise_sigma": [5, 1]}}, "config key 'degrade.noise_sigma'"),

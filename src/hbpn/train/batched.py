@@ -12,8 +12,10 @@ training device, and a batch is a handful of batched operations:
 * blur as one grouped convolution with a kernel per sample, noise from a
   device generator, bilinear/area resizes with ``F.interpolate``.
 
-JPEG has no encoder in torch, so the samples that draw JPEG make one round
-trip through the CPU (Pillow) per step of the degradation that uses it.
+JPEG: with ``degrade.jpeg_codec: pillow`` the samples that draw it make one
+round trip through the CPU (libjpeg) per step of the degradation that uses
+it; with ``torch`` the same baseline codec runs on the device
+(:mod:`hbpn.ops.jpeg`), which is what a GPU wants.
 
 Everything that is random per sample (pair or synthetic, image, crop,
 rotation/flip, scale, blur kernel, noise kind and strength, JPEG quality) is
@@ -44,7 +46,7 @@ from torch import Tensor
 from hbpn.ops.resize import imresize
 from hbpn.train.config import DataSection, DegradeSection, TrainConfig
 from hbpn.train.data import ImageSet, PatchDataset, _pad_to, make_loader
-from hbpn.train.degrade import Steps, draw_kernel, jpeg, region_size, second_order
+from hbpn.train.degrade import Steps, draw_kernel, jpeg_many, region_size, second_order
 
 #: Scale groups per batch under ``data.scale_range`` (each group gets its own uniform draw).
 RANGE_GROUPS = 8
@@ -188,7 +190,7 @@ def _blur_step(img: Tensor, rng: np.random.Generator, cfg: DegradeSection, round
 
 
 def _jpeg_step(img: Tensor, rng: np.random.Generator, cfg: DegradeSection) -> Tensor:
-    """JPEG for the samples that draw it: a CPU round trip (torch has no JPEG encoder)."""
+    """JPEG for the samples that draw it, with ``degrade.jpeg_codec``."""
     if cfg.jpeg_prob <= 0:
         return img
     hit = rng.random(img.shape[0]) < cfg.jpeg_prob
@@ -197,10 +199,8 @@ def _jpeg_step(img: Tensor, rng: np.random.Generator, cfg: DegradeSection) -> Te
     if chosen.size == 0:
         return img
     sel = _to(chosen, img.device)
-    host = img[sel].round().clamp(0, 255).to(torch.uint8).cpu()  # waits for the device: the one sync
-    done = torch.stack([jpeg(host[n], int(quality[s])) for n, s in enumerate(chosen)])
-    out = img.clone()
-    out[sel] = _to(done.numpy(), img.device).to(img.dtype)
+    out = img.clone()  # pillow: a round trip through the host, the one sync; torch: on the device
+    out[sel] = jpeg_many(img[sel], [int(quality[s]) for s in chosen], cfg.jpeg_codec).to(img.dtype)
     return out
 
 

@@ -107,7 +107,10 @@ class DegradeSection:
     Blur sigmas are in pixels of the image blurred; noise sigma in 0..255
     levels; ``gray_noise_prob`` of the Gaussian noise is the same in all
     channels; Poisson-like noise has a strength ``poisson_scale`` (1: shot
-    noise of a 255-photon sensor).
+    noise of a 255-photon sensor). ``jpeg_codec``: ``pillow`` (libjpeg, one
+    image at a time on the CPU) or ``torch`` (:mod:`hbpn.ops.jpeg`: the same
+    baseline codec as batched tensor ops on the batch's device, for GPUs;
+    within a fraction of a level of libjpeg's output on average).
     """
 
     kind: Literal["classic", "second_order"] = "classic"
@@ -125,6 +128,7 @@ class DegradeSection:
     kernels: tuple[str, ...] = ("bicubic",)
     second_prob: float = 0.0
     shuffle_prob: float = 0.0
+    jpeg_codec: Literal["pillow", "torch"] = "pillow"
 
 
 @dataclass(frozen=True)

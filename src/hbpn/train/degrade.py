@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hbpn.ops import jpeg as ops_jpeg
 from hbpn.ops.resize import imresize
 from hbpn.train.config import DegradeSection
 
@@ -90,6 +91,20 @@ def jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
 
+def jpeg_many(img: torch.Tensor, quality: Sequence[int], codec: str) -> torch.Tensor:
+    """Each image of ``img`` (N x 3 x H x W, 0..255, rounded to 8 bits first) JPEG'd at its quality and decoded.
+
+    ``codec``: ``pillow`` (libjpeg on the CPU, one image at a time) or ``torch``
+    (:func:`hbpn.ops.jpeg.jpeg` on ``img``'s device). Float32 0..255 on ``img``'s device.
+    """
+    x = img.round().clamp(0, 255)
+    if codec == "torch":
+        return ops_jpeg.jpeg(x, torch.as_tensor(list(quality), device=img.device))
+    host = x.to(torch.uint8).cpu()  # on a GPU this waits for the device
+    done = torch.stack([jpeg(one, int(q)) for one, q in zip(host, quality, strict=True)])
+    return done.to(img.device, torch.float32)
+
+
 def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, cfg: DegradeSection) -> torch.Tensor:
     """``hr``: 3 x H x W uint8 -> 3 x H x W float32 in [0, 1]: down to ``lr_hw``, extras, back up.
 
@@ -106,7 +121,8 @@ def degrade(hr: torch.Tensor, lr_hw: tuple[int, int], rng: np.random.Generator, 
         noise = torch.from_numpy(rng.standard_normal(tuple(lr.shape), dtype=np.float32))
         lr = (lr.float() + noise * sigma).round_().clamp_(0, 255).to(torch.uint8)
     if cfg.jpeg_prob > 0 and rng.random() < cfg.jpeg_prob:
-        lr = jpeg(lr, int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
+        q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+        lr = jpeg_many(lr[None], [q], cfg.jpeg_codec)[0].to(torch.uint8)
     up = imresize(lr.float().div_(255.0), size=(h, w))
     return up.clamp_(0.0, 1.0)
 
@@ -153,7 +169,7 @@ def _jpeg_step(img: torch.Tensor, rng: np.random.Generator, cfg: DegradeSection)
     if not (cfg.jpeg_prob > 0 and rng.random() < cfg.jpeg_prob):
         return img
     q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
-    return jpeg(img.round().clamp_(0, 255).to(torch.uint8), q).float()
+    return jpeg_many(img[None], [q], cfg.jpeg_codec)[0]
 
 
 def pass_plan(rng: np.random.Generator, cfg: DegradeSection) -> tuple[str, list[str]]:

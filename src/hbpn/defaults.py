@@ -14,7 +14,10 @@ from __future__ import annotations
 #: tiles keep that overlap's cost low (8.3 MP, one core: 1.68 s/MP against 1.58
 #: for 1024-px tiles with a 48-px pad and 1.46 with 16) and, unlike whole images
 #: (1.95 s/MP), still fit the cache well enough. Worst seam on 7 MP: 1.3 levels
-#: on line art, 0.9 on a photo (it was 28 and 6.6 with 1024 / 48).
+#: on line art, 0.9 on a photo (it was 28 and 6.6 with 1024 / 48). Since the
+#: allocator is kept warm (pipeline.memory.retain_freed_memory) a whole 8 MP
+#: image is no longer slower on a Zen 4, but the real command was not faster
+#: either (docs/PERFORMANCE.md), and the tile bounds memory at about 1.2 GiB.
 DEFAULT_TILE = 2048
 DEFAULT_TILE_PAD = 144
 #: Smallest tile edge ``hbpn upscale --tile`` accepts (0 and auto aside): below

@@ -135,6 +135,9 @@ class DegradeSection:
 class LossSection:
     """L1 on the final image, plus ``stage_weight`` x the L1 of the stage images (their mean).
 
+    ``kind``: ``l1`` (the default, and what the original's "MSE_loss" layer
+    computes despite its name), or ``mse``, the squared error that PSNR
+    measures: a short MSE phase after L1 training can add a little PSNR.
     ``reduction``: ``mean`` over all elements, or ``sum`` as the original's
     "MSE_loss" layer. It matters with ``optim.weight_decay``: Adam is blind to
     the loss's scale but not to the L2 term added to the gradient, so a decay
@@ -142,6 +145,7 @@ class LossSection:
     weights with small gradients to zero.
     """
 
+    kind: Literal["l1", "mse"] = "l1"
     stage_weight: float = 0.0
     reduction: Literal["mean", "sum"] = "mean"
 

@@ -255,10 +255,11 @@ class Trainer:
 
     def loss_fn(self, out: Tensor, stages: list[Tensor], y: Tensor) -> Tensor:
         red = self.cfg.loss.reduction
-        loss = F.l1_loss(out.float(), y, reduction=red)
+        err = F.mse_loss if self.cfg.loss.kind == "mse" else F.l1_loss
+        loss = err(out.float(), y, reduction=red)
         w = self.cfg.loss.stage_weight
         if w > 0:
-            loss = loss + w * sum(F.l1_loss(s.float(), y, reduction=red) for s in stages) / len(stages)
+            loss = loss + w * sum(err(s.float(), y, reduction=red) for s in stages) / len(stages)
         return loss
 
     def train_step(self, it: Iterator[tuple[Tensor, Tensor]]) -> Tensor:

@@ -24,6 +24,13 @@ DEFAULT_TILE_PAD = 144
 #: it the overlaps leave almost no useful pixels and the model's padding unit
 #: (up to 32 for the shipped presets) would dominate.
 MIN_TILE = 32
+#: What each shipped weight set is for, in a phrase: ``hbpn upscale --help`` and
+#: the web page (``/api/health``'s ``model_uses``) show it. The measurements
+#: behind it are in docs/MODEL_CARD.md.
+MODEL_USES = {
+    "default": "ordinary images, x2 to x8: the best on clean pictures",
+    "real": "camera photos at the same size (-s 1), and JPEG or noisy pictures at x1 to x4",
+}
 #: JPEG/WebP quality of written images.
 DEFAULT_QUALITY = 95
 #: Arithmetic names with a dtype (hbpn.device.PRECISIONS maps them; ``hbpn export --precision``).

@@ -139,6 +139,23 @@ def test_exif_orientation_and_16_bit_gray_are_kept(client: TestClient) -> None:
     assert np.asarray(out).max() > 255  # still 16 bits
 
 
+def test_health_says_what_each_model_is_for(tmp_path: Path) -> None:
+    from hbpn.defaults import MODEL_USES
+
+    paths = {
+        "real": tmp_path / "mine.safetensors",
+        "own": tmp_path / "own.safetensors",
+        "bare": tmp_path / "b.safetensors",
+    }
+    save_weights(HBPN(get_preset("tiny")), paths["real"], metadata={"name": "real", "description": "old words"})
+    save_weights(HBPN(get_preset("tiny")), paths["own"], metadata={"description": "my scans"})
+    save_weights(HBPN(get_preset("tiny")), paths["bare"])
+    app = app_for({name: load_model(p, device="cpu") for name, p in paths.items()})
+    with TestClient(app) as c:
+        uses = c.get("/api/health").json()["model_uses"]
+    assert uses == {"real": MODEL_USES["real"], "own": "my scans", "bare": ""}
+
+
 def test_health_page_and_openapi(client: TestClient) -> None:
     h = client.get("/api/health").json()
     assert h["status"] == "ok" and h["models"] == ["tiny"] and h["version"]

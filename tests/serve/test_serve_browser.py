@@ -61,7 +61,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     from hbpn.serve.jobs import load_models
     from hbpn.weights.store import save_weights
 
-    weights = save_weights(HBPN(get_preset("tiny")), tmp_path / "tiny.safetensors")
+    weights = save_weights(HBPN(get_preset("tiny")), tmp_path / "tiny.safetensors", metadata={"description": "tests"})
     app = create_app(load_models([weights], device="cpu"))
 
     async def late_health(scope, receive, send):  # type: ignore[no-untyped-def]
@@ -121,6 +121,7 @@ def test_page_upscales_an_image_in_chromium(server: str, tmp_path: Path) -> None
             # 'unsafe-eval') refuses, so the test failed whenever /api/health answered late.
             page.locator("#model option").first.wait_for(state="attached")
             assert page.locator("#model").input_value() == "tiny"
+            expect(page.locator("#model-use")).to_have_text("tiny: for tests.")  # what the model is for
             page.set_input_files("#file", str(image))
             page.fill("#scale", "2")
             with page.expect_request(lambda req: urlsplit(req.url).path == "/api/upscale") as sent:

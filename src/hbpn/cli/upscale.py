@@ -37,7 +37,7 @@ def _scale(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     # torch-free defaults: building the parser (hbpn --help) must not import torch
-    from hbpn.defaults import DEFAULT_QUALITY, DEFAULT_TILE, MIN_TILE
+    from hbpn.defaults import DEFAULT_QUALITY, DEFAULT_TILE, MIN_TILE, MODEL_USES
 
     p = sub.add_parser(
         "upscale",
@@ -60,8 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-m",
         "--model",
         default=None,
-        help="weights: a .safetensors file or a shipped name: 'default' (the default) for ordinary images, JPEGs "
-        "and noisy photos; 'real' for same-size phone photos (-s 1)",
+        help="weights: a .safetensors file or a shipped name: "
+        + "; ".join(
+            f"'{name}'{' (the default)' if name == 'default' else ''} for {use}" for name, use in MODEL_USES.items()
+        ),
     )
     p.add_argument(
         "-t",

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from hbpn import __version__
-from hbpn.defaults import DEFAULT_PRECISION
+from hbpn.defaults import DEFAULT_PRECISION, MODEL_USES
 from hbpn.errors import HBPNError
 from hbpn.model import HBPN
 from hbpn.serve.guards import FORM_OVERHEAD, BodyGuard, SameOrigin, host_patterns
@@ -70,6 +70,12 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _model_use(model: HBPN) -> str:
+    """What a model is for: a shipped set's by the name in its metadata, another file's own description."""
+    meta = getattr(model, "metadata", None) or {}
+    return MODEL_USES.get(meta.get("name", ""), meta.get("description", ""))
+
+
 def create_app(
     models: Mapping[str, HBPN],
     limits: ServeLimits | None = None,
@@ -90,6 +96,7 @@ def create_app(
         raise HBPNError("no models to serve")
     limits = limits or ServeLimits()
     slots = {name: ModelSlot(name, model, limits.queue) for name, model in models.items()}
+    model_uses = {name: _model_use(model) for name, model in models.items()}
     default_model = next(iter(slots))
     pages = {name: _static(name) for name in _STATIC}  # read once, at start-up (not at import)
 
@@ -119,6 +126,7 @@ def create_app(
             "status": "ok",
             "version": __version__,
             "models": list(slots),
+            "model_uses": model_uses,
             "default_model": default_model,
             "queue": {name: slot.status() for name, slot in slots.items()},
             "limits": {

@@ -32,6 +32,13 @@ async function loadHealth() {
     $("version").textContent = "hbpn " + health.version;
     const select = $("model");
     select.replaceChildren(...health.models.map((name) => new Option(name, name, name === health.default_model)));
+    const uses = health.model_uses || {};
+    const showUse = () => {
+      const use = uses[select.value];
+      $("model-use").textContent = use ? `${select.value}: for ${use}.` : "";
+    };
+    select.addEventListener("change", showUse);
+    showUse();
     $("scale").min = limits.min_scale;
     $("scale").max = limits.max_scale;
     $("limits").textContent =

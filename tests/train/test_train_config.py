@@ -37,7 +37,7 @@ def test_paper_config_mirrors_the_solver() -> None:
     assert cfg.data.patch == 256 and cfg.val.every == 5000 and cfg.train.ckpt_every == 1000
 
 
-@pytest.mark.parametrize("name", ["real-cpu", "device-real-h100"])
+@pytest.mark.parametrize("name", ["real-cpu", "real-cpu-mse", "device-real-h100"])
 def test_real_config_never_trains_on_the_held_out_pairs(name: str) -> None:
     """Both `real` recipes train on both cameras, never on the pairs make_eval_sets.py holds out."""
     import runpy

@@ -26,7 +26,8 @@ FORMAT = "hbpn"
 #: Shipped weight sets and what they are for.
 SHIPPED: dict[str, str] = {
     "default": "blind bicubic SR, scales 2-8 (trained on T91 + BSD200 + BSDS500-test)",
-    "real": "same-size real camera photos (NTIRE 2019 Real SR setting), fine-tuned on City100",
+    "real": "camera photos at the same size, JPEGs and noise, x1-x4, blind to the degradation; fine-tuned on "
+    "City100 pairs of two cameras and second-order synthetic degradations",
 }
 
 
